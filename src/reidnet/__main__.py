@@ -1,0 +1,5 @@
+"""`python -m reidnet` runs the command-line interface."""
+
+from reidnet.cli import main
+
+main()
