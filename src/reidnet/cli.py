@@ -1,0 +1,291 @@
+"""The `reidnet` command line: one command per action, each a thin shell over a library function.
+
+User errors (ReidnetError) print one message without a traceback and exit with status 2.
+Heavy modules are imported inside the commands so `reidnet --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from reidnet.errors import ReidnetError
+
+console = Console()
+error_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="reidnet",
+    help="Person and object re-identification: data, training, evaluation, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+spec_app = typer.Typer(help="Inspect experiment specs.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Validate, describe and generate datasets.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+app.add_typer(dataset_app, name="dataset")
+
+SpecOption = Annotated[
+    Path, typer.Option("--experiment-spec", "-e", help="Experiment spec YAML (TAO format).")
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Spec overrides key.sub=value, e.g. train.num_epochs=5", show_default=False
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@app.callback()
+def _configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=error_console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs
+
+
+@app.command("default-specs")
+def default_specs(
+    results_dir: Annotated[Path, typer.Option(help="results_dir written into the specs.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the YAML files (default RESULTS_DIR/specs).")
+    ] = None,
+) -> None:
+    """Write train/evaluate/inference/export specs holding every key with its default."""
+    from reidnet.config import write_default_specs
+
+    for path in write_default_specs(results_dir, out):
+        console.print(f"wrote {path}")
+
+
+@spec_app.command("check")
+def spec_check(spec: SpecOption, overrides: Overrides = None) -> None:
+    """Print the resolved spec (defaults filled in, overrides applied) or the error."""
+    from reidnet.config import dump_spec, load_spec
+
+    print(dump_spec(load_spec(spec, overrides or [])), end="")
+
+
+@spec_app.command("schema")
+def spec_schema() -> None:
+    """Print the spec's JSON schema with its defaults."""
+    from reidnet.config import spec_json_schema
+
+    print(json.dumps(spec_json_schema(), indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+def _split_folders(
+    roots: list[Path] | None,
+    train: list[Path] | None,
+    train_synthetic: list[Path] | None,
+    test: Path | None,
+    query: Path | None,
+    spec: Path | None,
+) -> tuple[list, Path | None, Path | None]:
+    """Training folder entries and test/query folders from roots, explicit options or a spec."""
+    from reidnet.config import TrainFolder, load_spec
+    from reidnet.data.market import find_split_folders
+
+    train_entries: list = [TrainFolder(path=str(p)) for p in train or []]
+    train_entries += [TrainFolder(path=str(p), source="synthetic") for p in train_synthetic or []]
+    if spec is not None:
+        data = load_spec(spec).dataset
+        train_entries += data.train_folders()
+        test = test or (Path(data.test_dataset_dir) if data.test_dataset_dir else None)
+        query = query or (Path(data.query_dataset_dir) if data.query_dataset_dir else None)
+    for root in roots or []:
+        found = find_split_folders(root)
+        if not found:
+            raise ReidnetError(
+                f"{root} holds none of bounding_box_train, bounding_box_test, query (or TAO's "
+                "sample_train, sample_test, sample_query): pass a dataset root, or flat folders "
+                "with --train/--test/--query"
+            )
+        if "train" in found:
+            train_entries.append(TrainFolder(path=str(found["train"])))
+        test = test or found.get("test")
+        query = query or found.get("query")
+    return train_entries, test, query
+
+
+TrainOption = Annotated[
+    list[Path] | None, typer.Option("--train", help="Flat training folder (real data).")
+]
+TrainSyntheticOption = Annotated[
+    list[Path] | None, typer.Option("--train-synthetic", help="Flat training folder (synthetic).")
+]
+TestOption = Annotated[Path | None, typer.Option("--test", help="Gallery folder.")]
+QueryOption = Annotated[Path | None, typer.Option("--query", help="Query folder.")]
+OptionalSpec = Annotated[
+    Path | None, typer.Option("--experiment-spec", "-e", help="Take the folders from a spec.")
+]
+Roots = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Dataset roots holding bounding_box_train/bounding_box_test/query."),
+]
+
+
+@dataset_app.command("validate")
+def dataset_validate(
+    roots: Roots = None,
+    train: TrainOption = None,
+    train_synthetic: TrainSyntheticOption = None,
+    test: TestOption = None,
+    query: QueryOption = None,
+    spec: OptionalSpec = None,
+    num_instances: Annotated[int, typer.Option(help="Images per identity in a batch.")] = 4,
+    batch_size: Annotated[int | None, typer.Option(help="Check one P×K batch fits.")] = None,
+    no_same_camera_filter: Annotated[
+        bool, typer.Option(help="Single-camera data: keep same-camera matches.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Decode every image and report problems; exit 1 when training or evaluation cannot run."""
+    from reidnet.data.validate import validate_dataset
+
+    train_entries, test, query = _split_folders(roots, train, train_synthetic, test, query, spec)
+    if not train_entries and test is None and query is None:
+        raise ReidnetError("nothing to validate: pass a dataset root, --train/--test/--query or -e")
+    report = validate_dataset(
+        train_entries, test, query, num_instances, batch_size, not no_same_camera_filter
+    )
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_report(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _print_report(report) -> None:
+    styles = {"error": "bold red", "warning": "yellow", "info": "dim"}
+    for finding in report.findings:
+        console.print(
+            f"[{styles[finding.severity]}]{finding.severity:7}[/] {finding.code}: "
+            f"{finding.message}",
+            highlight=False,
+        )
+        for path in finding.paths[:5]:
+            console.print(f"          {path}", highlight=False, markup=False)
+    verdict = "[green]OK[/]" if report.ok else "[bold red]NOT USABLE[/]"
+    console.print(
+        f"{report.images_checked} images decoded; {len(report.errors)} error(s): {verdict}"
+    )
+
+
+@dataset_app.command("stats")
+def dataset_stats_command(
+    roots: Roots = None,
+    train: TrainOption = None,
+    train_synthetic: TrainSyntheticOption = None,
+    test: TestOption = None,
+    query: QueryOption = None,
+    spec: OptionalSpec = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Identities, images and cameras per subset, in total and split into real and synthetic."""
+    from reidnet.data.market import dataset_stats
+
+    train_entries, test, query = _split_folders(roots, train, train_synthetic, test, query, spec)
+    stats = dataset_stats(train_entries, test, query)
+    if as_json:
+        print(
+            json.dumps(
+                {s: {k: c.as_dict() for k, c in v.items()} for s, v in stats.items()}, indent=2
+            )
+        )
+        return
+    table = Table(title="Dataset statistics")
+    for column in ("subset", "source", "# ids", "# images", "# cameras"):
+        table.add_column(column, justify="left" if column in ("subset", "source") else "right")
+    for subset, counts in stats.items():
+        for source in ("total", "real", "synthetic"):
+            c = counts[source]
+            name = subset if source == "total" else ""
+            table.add_row(
+                name,
+                source,
+                str(c.identities),
+                str(c.images),
+                str(c.cameras),
+                end_section=source == "synthetic",
+            )
+    console.print(table)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    height, sep, width = text.lower().partition("x")
+    if not sep or not height.isdigit() or not width.isdigit():
+        raise ReidnetError(f"--size {text!r} must be HEIGHTxWIDTH, e.g. 128x64")
+    return int(height), int(width)
+
+
+@dataset_app.command("synth")
+def dataset_synth(
+    out: Annotated[Path, typer.Argument(help="Empty folder for the Market-1501-layout dataset.")],
+    identities: Annotated[int, typer.Option(help="Identities in total (train + test).")] = 100,
+    test_identities: Annotated[
+        int | None, typer.Option(help="Identities kept for query/gallery (default half).")
+    ] = None,
+    cameras: Annotated[int, typer.Option(help="Cameras.")] = 4,
+    images_per_identity: Annotated[int, typer.Option(help="Images per identity.")] = 12,
+    size: Annotated[str, typer.Option(help="Image size HEIGHTxWIDTH.")] = "128x64",
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+) -> None:
+    """Generate a procedural synthetic pedestrian dataset in Market-1501 layout."""
+    import time
+
+    from rich.progress import Progress
+
+    from reidnet.data.synthetic import generate_synthetic_dataset
+
+    start = time.perf_counter()
+    with Progress(console=error_console, transient=True) as progress:
+        task = progress.add_task("rendering", total=None)
+        summary = generate_synthetic_dataset(
+            out,
+            identities=identities,
+            test_identities=test_identities,
+            cameras=cameras,
+            images_per_identity=images_per_identity,
+            size=_parse_size(size),
+            seed=seed,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    elapsed = time.perf_counter() - start
+    console.print(f"wrote {summary.total_images} images to {out} in {elapsed:.1f} s")
+
+
+def main() -> None:
+    """Console entry point: run the app, print user errors without a traceback."""
+    try:
+        app()
+    except ReidnetError as error:
+        error_console.print(Text.assemble(("error: ", "bold red"), str(error)), highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        error_console.print("[bold red]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,577 @@
+"""The experiment spec: TAO-compatible YAML sections as pydantic models, overrides and the schema.
+
+A TAO 5.x/6.x `re_identification` spec loads unchanged. Keys that only the TAO Swin-transformer
+variant reads are accepted (so those specs load) but have no effect here; changing one from its
+default logs a warning. Every error names the key path, what was expected and, for unknown keys, the
+closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from reidnet.errors import ReidnetError
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = ("train", "evaluate", "inference", "export")
+BACKBONES = ("resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """`model`: the network architecture and its initialisation."""
+
+    backbone: Literal["resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152"] = (
+        "resnet_50"
+    )
+    last_stride: Literal[1, 2] = Field(1, description="Stride of layer4; 1 keeps 16x8 maps.")
+    pretrain_choice: Literal["imagenet", "self", "none"] = Field(
+        "imagenet",
+        description="imagenet: torchvision weights; self: a reidnet checkpoint; none: scratch.",
+    )
+    pretrained_model_path: str | None = Field(
+        None, description="Local weights file for pretrain_choice imagenet or self."
+    )
+    input_channels: Literal[3] = 3
+    input_width: int = Field(128, ge=16)
+    input_height: int = Field(256, ge=16)
+    neck: Literal["bnneck", "no"] = "bnneck"
+    feat_dim: int = Field(256, description="Embedding size; a 1x1 projection when not 2048.")
+    neck_feat: Literal["after", "before"] = "after"
+    metric_loss_type: Literal["triplet", "center", "triplet_center"] = "triplet"
+    with_center_loss: bool = False
+    with_flip_feature: bool = False
+    label_smooth: bool = True
+    id_loss_weight: float = Field(1.0, ge=0.0)
+    triplet_loss_weight: float = Field(1.0, ge=0.0)
+    no_margin: bool = Field(False, description="Soft-margin triplet loss instead of margin 0.3.")
+    # Read only by TAO's Swin-transformer ReID; accepted so those specs load.
+    pretrain_hw_ratio: float = 2
+    id_loss_type: str = "softmax"
+    cos_layer: bool = False
+    dropout_rate: float = 0.0
+    reduce_feat_dim: bool = False
+    drop_path: float = 0.1
+    drop_out: float = 0.0
+    att_drop_rate: float = 0.0
+    stride_size: list[int] = Field(default_factory=lambda: [16, 16])
+    gem_pooling: bool = False
+    stem_conv: bool = False
+    jpm: bool = False
+    shift_num: int = 5
+    shuffle_group: int = 2
+    devide_length: int = 4
+    re_arrange: bool = True
+    sie_coe: float = 3.0
+    sie_camera: bool = False
+    sie_view: bool = False
+    semantic_weight: float = 1.0
+
+
+class TrainFolder(_Section):
+    """One training folder, tagged with its source and the identity namespace it belongs to."""
+
+    path: str
+    source: Literal["real", "synthetic"] = "real"
+    identity_group: str | None = Field(
+        None,
+        description="Folders with the same group share person ids; by default each folder "
+        "has its own ids, so pid 5 of two folders are two identities.",
+    )
+
+
+class DatasetConfig(_Section):
+    """`dataset`: data locations, batching and augmentation."""
+
+    train_dataset_dir: list[TrainFolder] | None = Field(
+        None,
+        description="One folder, or a list of folders and {path, source, identity_group} entries.",
+    )
+    test_dataset_dir: str | None = None
+    query_dataset_dir: str | None = None
+    num_classes: int = Field(
+        751, ge=1, description="Ignored: reidnet counts identities from the data."
+    )
+    batch_size: int = Field(64, ge=1)
+    val_batch_size: int = Field(128, ge=1)
+    num_workers: int = Field(8, ge=0, description="Data loader workers (capped at CPU count).")
+    pixel_mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list[float] = Field(default_factory=lambda: [0.226, 0.226, 0.226])
+    padding: int = Field(10, ge=0)
+    prob: float = Field(0.5, ge=0.0, le=1.0, description="Horizontal flip probability.")
+    re_prob: float = Field(0.5, ge=0.0, le=1.0, description="Random erasing probability.")
+    sampler: Literal["softmax", "triplet", "softmax_triplet"] = "softmax_triplet"
+    num_instances: int = Field(4, ge=1)
+
+    @field_validator("train_dataset_dir", mode="before")
+    @classmethod
+    def _folders_as_entries(cls, value: Any) -> Any:
+        """A plain string (TAO's form) or a string inside the list is a real-data folder."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [{"path": v} if isinstance(v, str) else v for v in value]
+        if value is not None:
+            raise ValueError(
+                "dataset.train_dataset_dir must be a folder path or a list of folder paths "
+                f"and {{path, source, identity_group}} entries, got {value!r}"
+            )
+        return value
+
+    def train_folders(self) -> list[TrainFolder]:
+        """The training folders as tagged entries (empty when none is set)."""
+        return list(self.train_dataset_dir or [])
+
+
+class ReRankingConfig(_Section):
+    """`re_ranking`: k-reciprocal re-ranking and the evaluation plots."""
+
+    re_ranking: bool = False
+    k1: int = Field(20, ge=1)
+    k2: int = Field(6, ge=1)
+    lambda_value: float = Field(0.3, ge=0.0, le=1.0)
+    max_rank: int = Field(10, ge=1, description="Columns of the sampled-matches plot.")
+    num_query: int = Field(10, ge=1, description="Rows of the sampled-matches plot.")
+
+
+class OptimConfig(_Section):
+    """`train.optim`: optimizer, schedule and loss hyper-parameters."""
+
+    name: Literal["Adam", "AdamW", "SGD"] = "Adam"
+    lr_monitor: str = "val_loss"
+    lr_steps: list[int] = Field(default_factory=lambda: [40, 70])
+    gamma: float = Field(0.1, gt=0.0)
+    bias_lr_factor: float = Field(1.0, ge=0.0)
+    weight_decay: float = Field(0.0005, ge=0.0)
+    weight_decay_bias: float = Field(0.0005, ge=0.0)
+    warmup_factor: float = Field(0.01, ge=0.0, le=1.0)
+    warmup_iters: int = Field(10, ge=0, description="Warm-up length in epochs.")
+    warmup_epochs: int = Field(20, ge=0, description="Swin variant only; see warmup_iters.")
+    warmup_method: Literal["linear", "constant", "cosine"] = Field(
+        "linear",
+        description="linear/constant: warm-up then multistep decay; cosine: linear warm-up then "
+        "cosine decay to 0 over num_epochs.",
+    )
+    base_lr: float = Field(0.00035, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0)
+    center_loss_weight: float = Field(0.0005, ge=0.0)
+    center_lr: float = Field(0.5, gt=0.0)
+    triplet_loss_margin: float = Field(0.3, ge=0.0)
+    # Read only by TAO's Swin-transformer ReID; accepted so those specs load.
+    large_fc_lr: bool = False
+    cosine_margin: float = 0.5
+    cosine_scale: float = 30
+    trp_l2: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_steps(cls, data: Any) -> Any:
+        """Older TAO specs call `lr_steps` `steps`."""
+        if isinstance(data, dict) and "steps" in data:
+            data = dict(data)
+            steps = data.pop("steps")
+            if "lr_steps" in data and data["lr_steps"] != steps:
+                raise ValueError(
+                    "train.optim.steps and train.optim.lr_steps are both set and differ: "
+                    "keep only lr_steps (steps is its legacy name)"
+                )
+            data["lr_steps"] = steps
+        return data
+
+
+class CuDNNConfig(_Section):
+    benchmark: bool = False
+    deterministic: bool = True
+
+
+class TrainConfig(_Section):
+    """`train`: the training run."""
+
+    results_dir: str | None = None
+    num_gpus: int = Field(1, ge=1)
+    gpu_ids: list[int] = Field(default_factory=lambda: [0])
+    num_nodes: int = Field(1, ge=1)
+    seed: int = Field(1234, ge=-1, description="Random seed; -1 leaves runs unseeded.")
+    cudnn: CuDNNConfig = Field(default_factory=CuDNNConfig)
+    num_epochs: int = Field(120, ge=1)
+    checkpoint_interval: int = Field(10, ge=1)
+    validation_interval: int = Field(10, ge=1)
+    resume_training_checkpoint_path: str | None = None
+    grad_clip: float = Field(0.0, ge=0.0, description="Max gradient norm; 0 disables clipping.")
+    amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported).")
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+
+class EvaluateConfig(_Section):
+    """`evaluate`: scoring a checkpoint on query/gallery."""
+
+    results_dir: str | None = None
+    num_gpus: int = Field(1, ge=1)
+    gpu_ids: list[int] = Field(default_factory=lambda: [0])
+    gpu_id: int = 0
+    num_nodes: int = Field(1, ge=1)
+    checkpoint: str | None = None
+    output_sampled_matches_plot: str | None = None
+    output_cmc_curve_plot: str | None = None
+    test_dataset: str | None = None
+    query_dataset: str | None = None
+    same_camera_filter: bool = Field(
+        True,
+        description="Drop gallery images of the query's identity seen by the query's camera "
+        "(Market-1501 protocol). Set false for single-camera data.",
+    )
+    ap: Literal["standard", "trapezoid"] = Field(
+        "standard", description="standard: mean precision at hits; trapezoid: Market MATLAB AP."
+    )
+
+
+class InferenceConfig(_Section):
+    """`inference`: embeddings of every query and gallery image."""
+
+    results_dir: str | None = None
+    num_gpus: int = Field(1, ge=1)
+    gpu_ids: list[int] = Field(default_factory=lambda: [0])
+    gpu_id: int = 0
+    num_nodes: int = Field(1, ge=1)
+    checkpoint: str | None = None
+    output_file: str | None = None
+    test_dataset: str | None = None
+    query_dataset: str | None = None
+
+
+class ExportConfig(_Section):
+    """`export`: ONNX export."""
+
+    results_dir: str | None = None
+    gpu_id: int = 0
+    checkpoint: str | None = None
+    onnx_file: str | None = None
+
+
+class WandBConfig(_Section):
+    """Accepted for TAO compatibility; reidnet logs to TensorBoard and metrics.jsonl instead."""
+
+    enable: bool = True
+    project: str = "TAO Toolkit"
+    entity: str | None = ""
+    tags: list[str] = Field(default_factory=lambda: ["tao-toolkit"])
+    reinit: bool = False
+    sync_tensorboard: bool = False
+    save_code: bool = False
+    name: str = "TAO Toolkit Training"
+
+
+class ExperimentSpec(_Section):
+    """A whole experiment spec: the sections every action reads."""
+
+    results_dir: str | None = None
+    encryption_key: str | None = Field(None, description="Accepted, unused: nothing is encrypted.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    re_ranking: ReRankingConfig = Field(default_factory=ReRankingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    wandb: WandBConfig = Field(default_factory=WandBConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> ExperimentSpec:
+        problems = []
+        data, model = self.dataset, self.model
+        if model.feat_dim < 1:
+            problems.append(f"model.feat_dim must be at least 1 (got {model.feat_dim})")
+        if data.sampler != "softmax" and data.batch_size % data.num_instances:
+            problems.append(
+                f"dataset.batch_size ({data.batch_size}) must be a multiple of "
+                f"dataset.num_instances ({data.num_instances}): each batch holds "
+                "batch_size // num_instances identities with num_instances images each"
+            )
+        if model.metric_loss_type in ("center", "triplet_center") and not model.with_center_loss:
+            problems.append(
+                f"model.metric_loss_type is {model.metric_loss_type!r} but "
+                "model.with_center_loss is false: set model.with_center_loss=true or "
+                "model.metric_loss_type=triplet"
+            )
+        if len(data.pixel_mean) != 3 or len(data.pixel_std) != 3:
+            problems.append("dataset.pixel_mean and dataset.pixel_std need 3 values (R, G, B)")
+        elif any(s <= 0 for s in data.pixel_std):
+            problems.append(f"dataset.pixel_std values must be positive (got {data.pixel_std})")
+        if len(self.train.gpu_ids) != self.train.num_gpus:
+            problems.append(
+                f"train.gpu_ids has {len(self.train.gpu_ids)} entries but train.num_gpus is "
+                f"{self.train.num_gpus}: list one GPU id per GPU"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        self._warn_on_ignored_keys()
+        return self
+
+    def _warn_on_ignored_keys(self) -> None:
+        for section, names in _IGNORED_KEYS.items():
+            current, default = getattr(self, section), _SECTION_DEFAULTS[section]
+            for name in names:
+                if getattr(current, name) != getattr(default, name):
+                    logger.warning(
+                        "%s.%s is read only by TAO's transformer ReID variant and has no "
+                        "effect in reidnet",
+                        section,
+                        name,
+                    )
+
+    def action_results_dir(self, action: str) -> Path:
+        """Where an action writes: its own `results_dir`, else `<results_dir>/<action>`."""
+        own = getattr(getattr(self, action), "results_dir", None)
+        if own:
+            return Path(own)
+        if not self.results_dir:
+            raise ReidnetError(
+                f"no results directory: set results_dir (or {action}.results_dir) in the spec "
+                "or on the command line, e.g. results_dir=/path/to/results"
+            )
+        return Path(self.results_dir) / action
+
+
+_IGNORED_KEYS = {
+    "model": [
+        "pretrain_hw_ratio",
+        "id_loss_type",
+        "cos_layer",
+        "dropout_rate",
+        "reduce_feat_dim",
+        "drop_path",
+        "drop_out",
+        "att_drop_rate",
+        "stride_size",
+        "gem_pooling",
+        "stem_conv",
+        "jpm",
+        "shift_num",
+        "shuffle_group",
+        "devide_length",
+        "re_arrange",
+        "sie_coe",
+        "sie_camera",
+        "sie_view",
+        "semantic_weight",
+    ],
+}
+_SECTION_DEFAULTS = {"model": ModelConfig()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+
+
+def load_spec(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    data: dict[str, Any] | None = None,
+) -> ExperimentSpec:
+    """Load a spec from a YAML file (or a dict), apply `key.sub=value` overrides and validate.
+
+    Raises ReidnetError naming the file and the offending key on any problem.
+    """
+    source = str(path) if path is not None else "spec"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    if data is not None:
+        raw = _deep_merge(raw, data)
+    for override in overrides:
+        key, value = parse_override(override)
+        _set_dotted(raw, key, value, source)
+    return validate_spec(raw, source)
+
+
+def validate_spec(raw: dict[str, Any], source: str = "spec") -> ExperimentSpec:
+    """Validate a nested dict as an ExperimentSpec, translating pydantic errors for people."""
+    try:
+        return ExperimentSpec.model_validate(raw)
+    except ValidationError as error:
+        lines = [_explain(e) for e in error.errors(include_url=False)]
+        message = f"{source}: invalid spec\n" + "\n".join(f"  - {m}" for m in lines)
+        raise ReidnetError(message) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `train.num_epochs=5` into the key and its value typed as a YAML scalar or list."""
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ReidnetError(
+            f"override {text!r} is not of the form key.sub=value "
+            "(e.g. train.num_epochs=5 or dataset.pixel_mean=[0.5,0.5,0.5])"
+        )
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError as error:
+        raise ReidnetError(f"override {text!r}: the value is not valid YAML ({error})") from None
+    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value):
+        value = float(value)  # PyYAML follows YAML 1.1, which reads 1e-3 as a string
+    return key, value
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON schema of the whole spec, defaults included (served by the REST API)."""
+    return ExperimentSpec.model_json_schema()
+
+
+def default_spec_dict(results_dir: str | None = None) -> dict[str, Any]:
+    """Every key with its default value, as plain YAML-ready data."""
+    spec = ExperimentSpec(results_dir=results_dir)
+    return spec.model_dump(mode="json")
+
+
+def write_default_specs(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write `<action>.yaml` for every action, each holding every key with its default."""
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir / "specs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for action in ACTIONS:
+        target = out_dir / f"{action}.yaml"
+        header = (
+            f"# reidnet {action} spec: every key with its default value.\n"
+            f"# Run it with: reidnet {action} -e {target} [key.sub=value ...]\n"
+        )
+        body = yaml.safe_dump(
+            default_spec_dict(str(results_dir)), sort_keys=False, default_flow_style=None
+        )
+        target.write_text(header + body)
+        written.append(target)
+    return written
+
+
+def dump_spec(spec: ExperimentSpec) -> str:
+    """The resolved spec as YAML text."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ReidnetError(f"spec file {path} does not exist: check the path given to -e")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ReidnetError(f"{path}: not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ReidnetError(
+            f"{path}: a spec must be a mapping of sections (model, dataset, train, ...), "
+            f"got a {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: depth + 1])
+            raise ReidnetError(f"override {key}: {prefix} is a value, not a section, in {source}")
+        node = child
+    node[parts[-1]] = value
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a section (a mapping of keys)",
+    "model_type": "a section (a mapping of keys)",
+    "model_attributes_type": "a section (a mapping of keys)",
+}
+
+
+def _explain(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"] if not _is_union_tag(part)]
+    key = ".".join(loc) or "spec"
+    kind = error["type"]
+    got = error.get("input")
+    if kind == "extra_forbidden":
+        return _unknown_key_message(loc)
+    if kind in _TYPE_WORDS:
+        return f"{key}: expected {_TYPE_WORDS[kind]}, got {got!r} ({type(got).__name__})"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{key}: {got!r} is not one of the allowed values {expected}"
+    if kind == "missing":
+        return f"{key}: this key is required but missing"
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    return f"{key}: {error['msg']} (got {got!r})"
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Pydantic puts union member names (e.g. 'str', 'list[...]') into error locations."""
+    text = str(part)
+    return isinstance(part, str) and "[" in text
+
+
+def _unknown_key_message(loc: list[str]) -> str:
+    name = loc[-1]
+    section_path = [p for p in loc[:-1] if not p.isdigit()]
+    section = ".".join(section_path) or "top level"
+    valid = sorted(_fields_at(section_path))
+    suggestion = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if not suggestion:
+        lowered = {v.lower(): v for v in valid}
+        suggestion = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
+        suggestion = [lowered[s] for s in suggestion]
+    hint = f"; did you mean {suggestion[0]!r}?" if suggestion else ""
+    return f"unknown key {name!r} in section {section}{hint} (valid keys: {', '.join(valid)})"
+
+
+def _fields_at(section_path: list[str]) -> list[str]:
+    model: type[BaseModel] = ExperimentSpec
+    for part in section_path:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif part == "train_dataset_dir":
+            model = TrainFolder
+        else:
+            return []
+    return list(model.model_fields)

@@ -1,0 +1,76 @@
+"""The command line: help everywhere, spec commands, clean user errors (exit 2, no traceback)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from reidnet.cli import app
+
+runner = CliRunner()
+TAO_SPEC = Path(__file__).parent / "data" / "tao_reid_train_spec.yaml"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reidnet", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["spec"],
+        ["spec", "check"],
+        ["dataset"],
+        ["dataset", "validate"],
+        ["dataset", "stats"],
+        ["dataset", "synth"],
+        ["default-specs"],
+    ],
+)
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_spec_check_prints_resolved_spec_with_overrides():
+    result = runner.invoke(app, ["spec", "check", "-e", str(TAO_SPEC), "train.num_epochs=7"])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.output)
+    assert resolved["train"]["num_epochs"] == 7
+    assert resolved["train"]["optim"]["lr_steps"] == [40, 70]  # legacy `steps` resolved
+    assert resolved["train"]["cudnn"]["deterministic"] is True  # a default filled in
+
+
+def test_user_error_prints_one_message_and_exits_2():
+    result = run_cli("spec", "check", "-e", str(TAO_SPEC), "train.optim.base_lrr=0.1")
+    assert result.returncode == 2
+    assert "did you mean 'base_lr'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_default_specs_command_writes_four_files(tmp_path):
+    result = runner.invoke(app, ["default-specs", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "specs").iterdir()) == [
+        "evaluate.yaml",
+        "export.yaml",
+        "inference.yaml",
+        "train.yaml",
+    ]
+
+
+def test_import_stays_light():
+    code = (
+        "import sys, reidnet, reidnet.config, reidnet.data.market; "
+        "heavy = {'fastapi', 'matplotlib', 'torch', 'uvicorn'} & set(sys.modules); "
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

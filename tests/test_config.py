@@ -1,0 +1,178 @@
+"""The experiment spec: TAO compatibility, defaults, overrides and error messages."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reidnet.config import (
+    ACTIONS,
+    load_spec,
+    parse_override,
+    spec_json_schema,
+    write_default_specs,
+)
+from reidnet.errors import ReidnetError
+
+TAO_SPEC = Path(__file__).parent / "data" / "tao_reid_train_spec.yaml"
+
+
+def test_tao_spec_loads_unchanged_and_legacy_steps_become_lr_steps():
+    spec = load_spec(TAO_SPEC)
+    assert spec.train.optim.lr_steps == [40, 70]
+    assert spec.model.backbone == "resnet_50"
+    assert spec.dataset.train_folders()[0].path == "/data/sample_train"
+    assert spec.dataset.train_folders()[0].source == "real"
+    assert spec.re_ranking.re_ranking is True
+    assert spec.encryption_key == "nvidia_tao"
+    assert spec.export.onnx_file.endswith("reid_model.onnx")
+
+
+def test_defaults_are_the_reference_values():
+    spec = load_spec(data={})
+    assert spec.dataset.pixel_mean == [0.485, 0.456, 0.406]
+    assert spec.dataset.pixel_std == [0.226, 0.226, 0.226]
+    assert (spec.model.input_height, spec.model.input_width) == (256, 128)
+    assert (spec.model.feat_dim, spec.model.last_stride) == (256, 1)
+    assert (spec.dataset.batch_size, spec.dataset.num_instances) == (64, 4)
+    assert (spec.dataset.padding, spec.dataset.prob, spec.dataset.re_prob) == (10, 0.5, 0.5)
+    optim = spec.train.optim
+    assert (optim.name, optim.base_lr, optim.weight_decay) == ("Adam", 0.00035, 0.0005)
+    assert (optim.warmup_factor, optim.warmup_iters, optim.lr_steps) == (0.01, 10, [40, 70])
+    assert (optim.center_loss_weight, optim.center_lr, optim.triplet_loss_margin) == (
+        0.0005,
+        0.5,
+        0.3,
+    )
+    ranking = spec.re_ranking
+    assert (ranking.k1, ranking.k2, ranking.lambda_value) == (20, 6, 0.3)
+
+
+def test_both_steps_and_lr_steps_disagreeing_is_an_error():
+    with pytest.raises(ReidnetError, match=r"steps and train\.optim\.lr_steps"):
+        load_spec(data={"train": {"optim": {"steps": [1], "lr_steps": [2]}}})
+
+
+def test_unknown_key_names_key_section_and_closest_key():
+    with pytest.raises(ReidnetError) as info:
+        load_spec(data={"train": {"optim": {"base_lrr": 0.1}}})
+    message = str(info.value)
+    assert "'base_lrr'" in message
+    assert "section train.optim" in message
+    assert "did you mean 'base_lr'" in message
+
+
+def test_unknown_top_level_section_suggests_the_right_one():
+    with pytest.raises(ReidnetError, match="'datset' in section top level; did you mean 'dataset'"):
+        load_spec(data={"datset": {}})
+
+
+def test_wrong_type_names_key_and_expected_type():
+    with pytest.raises(ReidnetError, match=r"train.num_epochs: expected an integer, got 'ten'"):
+        load_spec(data={"train": {"num_epochs": "ten"}})
+    with pytest.raises(ReidnetError, match=r"model.with_flip_feature: expected true or false"):
+        load_spec(data={"model": {"with_flip_feature": "sometimes"}})
+
+
+def test_batch_size_not_multiple_of_num_instances_names_both_keys():
+    with pytest.raises(ReidnetError) as info:
+        load_spec(data={"dataset": {"batch_size": 30, "num_instances": 4}})
+    assert "dataset.batch_size (30)" in str(info.value)
+    assert "dataset.num_instances (4)" in str(info.value)
+
+
+def test_softmax_sampler_does_not_need_pk_batches():
+    spec = load_spec(data={"dataset": {"batch_size": 30, "sampler": "softmax"}})
+    assert spec.dataset.batch_size == 30
+
+
+def test_feat_dim_below_one_is_refused():
+    with pytest.raises(ReidnetError, match=r"model.feat_dim must be at least 1 \(got 0\)"):
+        load_spec(data={"model": {"feat_dim": 0}})
+
+
+def test_center_metric_loss_without_center_loss_names_both_keys():
+    with pytest.raises(ReidnetError) as info:
+        load_spec(data={"model": {"metric_loss_type": "center"}})
+    assert "model.metric_loss_type" in str(info.value)
+    assert "model.with_center_loss" in str(info.value)
+    spec = load_spec(data={"model": {"metric_loss_type": "center", "with_center_loss": True}})
+    assert spec.model.with_center_loss
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ("train.num_epochs=5", "train.num_epochs", 5),
+        ("train.optim.base_lr=1e-3", "train.optim.base_lr", 0.001),
+        ("model.with_flip_feature=true", "model.with_flip_feature", True),
+        ("dataset.pixel_mean=[0.5,0.5,0.5]", "dataset.pixel_mean", [0.5, 0.5, 0.5]),
+        ("model.pretrained_model_path=/w/x.pth", "model.pretrained_model_path", "/w/x.pth"),
+        ("results_dir=", "results_dir", None),
+    ],
+)
+def test_override_values_are_typed_as_yaml(text, key, value):
+    assert parse_override(text) == (key, value)
+
+
+def test_overrides_apply_on_top_of_the_file():
+    spec = load_spec(TAO_SPEC, ["train.num_epochs=5", "dataset.pixel_mean=[0.5,0.5,0.5]"])
+    assert spec.train.num_epochs == 5
+    assert spec.dataset.pixel_mean == [0.5, 0.5, 0.5]
+    assert spec.train.optim.lr_steps == [40, 70]
+
+
+def test_override_of_unknown_key_fails_like_a_spec_key():
+    with pytest.raises(ReidnetError, match="'num_epoch' in section train; did you mean"):
+        load_spec(TAO_SPEC, ["train.num_epoch=5"])
+
+
+def test_malformed_override_says_the_expected_form():
+    with pytest.raises(ReidnetError, match=r"key\.sub=value"):
+        load_spec(data={}, overrides=["train.num_epochs"])
+
+
+def test_train_dataset_dir_takes_tagged_folders():
+    spec = load_spec(
+        data={
+            "dataset": {
+                "train_dataset_dir": [
+                    "/real/train",
+                    {"path": "/synth/train", "source": "synthetic", "identity_group": "g"},
+                ]
+            }
+        }
+    )
+    real, synthetic = spec.dataset.train_folders()
+    assert (real.path, real.source, real.identity_group) == ("/real/train", "real", None)
+    assert (synthetic.source, synthetic.identity_group) == ("synthetic", "g")
+
+
+def test_bad_source_tag_is_refused():
+    with pytest.raises(ReidnetError, match="source"):
+        load_spec(data={"dataset": {"train_dataset_dir": [{"path": "/x", "source": "fake"}]}})
+
+
+def test_default_specs_hold_every_key_and_reload(tmp_path):
+    written = write_default_specs(tmp_path / "results")
+    assert sorted(p.stem for p in written) == sorted(ACTIONS)
+    for path in written:
+        data = yaml.safe_load(path.read_text())
+        assert data["results_dir"] == str(tmp_path / "results")
+        assert data["train"]["optim"]["lr_steps"] == [40, 70]
+        assert data["re_ranking"]["k1"] == 20
+        assert load_spec(path).model.feat_dim == 256
+
+
+def test_json_schema_holds_defaults():
+    schema = spec_json_schema()
+    optim = schema["$defs"]["OptimConfig"]["properties"]
+    assert optim["base_lr"]["default"] == 0.00035
+    assert schema["$defs"]["DatasetConfig"]["properties"]["num_instances"]["default"] == 4
+
+
+def test_action_results_dir_defaults_under_results_dir():
+    spec = load_spec(data={"results_dir": "/r"})
+    assert spec.action_results_dir("evaluate") == Path("/r/evaluate")
+    with pytest.raises(ReidnetError, match="results_dir"):
+        load_spec(data={}).action_results_dir("train")
