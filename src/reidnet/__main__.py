@@ -2,4 +2,5 @@
 
 from reidnet.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes (spawn) import this module: run only when executed
+    main()

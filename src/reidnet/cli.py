@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -92,6 +93,89 @@ def spec_schema() -> None:
     from reidnet.config import spec_json_schema
 
     print(json.dumps(spec_json_schema(), indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions: train, evaluate, inference
+
+
+@app.command("train")
+def train_command(spec: SpecOption, overrides: Overrides = None) -> None:
+    """Train or fine-tune from a spec; resumes from results_dir's latest checkpoint."""
+    from reidnet.config import load_spec
+    from reidnet.engine.trainer import train
+
+    result = train(load_spec(spec, overrides or []))
+    console.print(f"checkpoint: {result.last_checkpoint}")
+    if result.final_metrics:
+        _print_metrics(result.final_metrics, "validation")
+
+
+@app.command("evaluate")
+def evaluate_command(spec: SpecOption, overrides: Overrides = None) -> None:
+    """mAP, rank-1/5/10 and mINP of evaluate.checkpoint on query/gallery, plus plots."""
+    from reidnet.config import load_spec
+    from reidnet.engine.actions import evaluate
+
+    outcome = evaluate(load_spec(spec, overrides or []))
+    _print_metrics(outcome.metrics, "evaluation")
+    console.print(f"results: {outcome.results_file}")
+    for name, path in outcome.plots.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command("inference")
+def inference_command(
+    spec: SpecOption,
+    overrides: Overrides = None,
+    input_dir: Annotated[
+        Path | None, typer.Option("--input", help="Embed every image of this folder instead.")
+    ] = None,
+) -> None:
+    """Embeddings of every query and gallery image (or of --input) as JSON, .npy and CSV."""
+    from reidnet.config import load_spec
+    from reidnet.engine.actions import run_inference
+
+    outcome = run_inference(load_spec(spec, overrides or []), input_dir=input_dir)
+    console.print(f"{outcome.count} embeddings: {outcome.json_file}, {outcome.npy_file}, "
+                  f"{outcome.index_file}")
+
+
+@app.command("quickstart")
+def quickstart_command(
+    out: Annotated[Path, typer.Option(help="Folder for everything the tour makes.")] = Path(
+        "quickstart_out"
+    ),
+    overrides: Overrides = None,
+) -> None:
+    """Synthetic data, an untrained baseline, a short training run, evaluation and embeddings."""
+    from reidnet.quickstart import run_quickstart
+
+    summary = run_quickstart(out, overrides or [])
+    table = Table(title="reidnet quick start: synthetic pedestrians, ResNet-18 from scratch")
+    table.add_column("model")
+    for column in ("mAP", "rank-1", "rank-5", "rank-10", "mINP"):
+        table.add_column(column, justify="right")
+    for name, metrics in (("untrained", summary.untrained), ("trained", summary.trained)):
+        table.add_row(name, *(f"{100 * metrics[k]:.2f}"
+                              for k in ("mAP", "rank-1", "rank-5", "rank-10", "mINP")))
+    console.print(table)
+    for step, seconds in summary.seconds.items():
+        console.print(f"{step}: {seconds:.1f} s")
+    for name, path in summary.paths.items():
+        console.print(f"{name}: {path}", highlight=False)
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    table = Table(title=title + (" (re-ranked)" if metrics.get("re_ranking") else ""))
+    for column in ("mAP", "rank-1", "rank-5", "rank-10", "mINP", "valid queries", "skipped"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        *(f"{100 * metrics[k]:.2f}" for k in ("mAP", "rank-1", "rank-5", "rank-10", "mINP")),
+        str(metrics["num_valid_queries"]),
+        str(metrics["num_skipped_queries"]),
+    )
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +338,9 @@ def dataset_synth(
     images_per_identity: Annotated[int, typer.Option(help="Images per identity.")] = 12,
     size: Annotated[str, typer.Option(help="Image size HEIGHTxWIDTH.")] = "128x64",
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    workers: Annotated[
+        int | None, typer.Option(help="Rendering processes (default: CPU count, at most 4).")
+    ] = None,
 ) -> None:
     """Generate a procedural synthetic pedestrian dataset in Market-1501 layout."""
     import time
@@ -273,10 +360,11 @@ def dataset_synth(
             images_per_identity=images_per_identity,
             size=_parse_size(size),
             seed=seed,
+            workers=workers or min(4, os.cpu_count() or 1),
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     elapsed = time.perf_counter() - start
-    console.print(f"wrote {summary.total_images} images to {out} in {elapsed:.1f} s")
+    console.print(f"wrote {summary.images} images to {out} in {elapsed:.1f} s")
 
 
 def main() -> None:
@@ -285,7 +373,7 @@ def main() -> None:
         app()
     except ReidnetError as error:
         error_console.print(Text.assemble(("error: ", "bold red"), str(error)), highlight=False)
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_code", 2))
     except KeyboardInterrupt:
         error_console.print("[bold red]interrupted[/]")
         sys.exit(130)
