@@ -1,0 +1,184 @@
+"""Loss values checked against hand computations, and how ReidLoss combines the terms."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reidnet.errors import ReidnetError
+from reidnet.losses import CenterLoss, CrossEntropyLabelSmooth, ReidLoss, TripletLoss
+
+# Four 2-D points, two identities:
+#   p0 = (0, 0) id 0, p1 = (3, 4) id 0, p2 = (1, 0) id 1, p3 = (0, 2) id 1.
+# Distances: d01 = 5, d02 = 1, d03 = 2, d12 = sqrt(20), d13 = sqrt(13), d23 = sqrt(5).
+# Hardest positive / hardest negative per anchor:
+#   p0: 5 / min(1, 2) = 1           p1: 5 / min(sqrt20, sqrt13) = sqrt13
+#   p2: sqrt5 / min(1, sqrt20) = 1  p3: sqrt5 / min(2, sqrt13) = 2
+# Margin 0.3: mean of (5 - 1 + .3, 5 - sqrt13 + .3, sqrt5 - 1 + .3, sqrt5 - 2 + .3), all > 0,
+#   = (7.2 - sqrt13 + 2 sqrt5) / 4 = 1.9666...
+POINTS = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+LABELS = torch.tensor([0, 0, 1, 1])
+HARDEST_POSITIVE = [5.0, 5.0, math.sqrt(5), math.sqrt(5)]
+HARDEST_NEGATIVE = [1.0, math.sqrt(13), 1.0, 2.0]
+
+
+def test_batch_hard_triplet_on_hand_made_points():
+    loss, dist_ap, dist_an = TripletLoss(margin=0.3)(POINTS, LABELS)
+    expected = (7.2 - math.sqrt(13) + 2 * math.sqrt(5)) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    assert dist_ap.tolist() == pytest.approx(HARDEST_POSITIVE, abs=1e-5)
+    assert dist_an.tolist() == pytest.approx(HARDEST_NEGATIVE, abs=1e-5)
+
+
+def test_triplet_is_zero_when_identities_are_further_apart_than_the_margin():
+    # Clusters of diameter 1 that are 10 apart: every d_an - d_ap >= 9 > 0.3.
+    points = torch.tensor([[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 1.0]])
+    loss, _, _ = TripletLoss(margin=0.3)(points, LABELS)
+    assert loss.item() == 0.0
+
+
+def test_soft_margin_triplet_is_mean_softplus_of_the_gap():
+    loss, _, _ = TripletLoss(margin=None)(POINTS, LABELS)
+    gaps = [ap - an for ap, an in zip(HARDEST_POSITIVE, HARDEST_NEGATIVE, strict=True)]
+    expected = sum(math.log1p(math.exp(gap)) for gap in gaps) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_triplet_gradient_is_finite_with_duplicate_features():
+    # Identical features put a zero distance off the diagonal: the sqrt must not produce NaN.
+    points = torch.tensor([[1.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    loss, _, _ = TripletLoss(margin=0.3)(points, LABELS)
+    loss.backward()
+    assert torch.isfinite(points.grad).all()
+
+
+def test_triplet_computes_in_float32_under_bf16_autocast():
+    features = POINTS.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, dist_ap, _ = TripletLoss(margin=0.3)(features, LABELS)
+    assert loss.dtype == torch.float32 and dist_ap.dtype == torch.float32
+    # These points are exact in bf16, so the value is the float32 one.
+    assert loss.item() == pytest.approx((7.2 - math.sqrt(13) + 2 * math.sqrt(5)) / 4, abs=1e-5)
+
+
+def test_label_smoothing_against_hand_computation():
+    # 3 classes, epsilon 0.1: target = 0.9 * onehot + 0.1 / 3.
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    log_norm = math.log(math.exp(2) + math.exp(1) + 1)
+    log_p = [2 - log_norm, 1 - log_norm, 0 - log_norm]
+    q = [0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3]
+    first = -sum(qk * lk for qk, lk in zip(q, log_p, strict=True))
+    second = math.log(3)  # uniform prediction: -log(1/3) whatever the target
+    loss = CrossEntropyLabelSmooth(num_classes=3, epsilon=0.1)(logits, labels)
+    assert loss.item() == pytest.approx((first + second) / 2, abs=1e-6)
+
+
+def test_label_smoothing_zero_is_plain_cross_entropy():
+    logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    loss = CrossEntropyLabelSmooth(num_classes=4, epsilon=0.0)(logits, labels)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels))
+
+
+def test_label_smoothing_rejects_scores_of_another_class_count():
+    with pytest.raises(ValueError, match="4 classes"):
+        CrossEntropyLabelSmooth(num_classes=3)(torch.zeros(2, 4), torch.tensor([0, 1]))
+
+
+def test_center_loss_on_hand_example():
+    center_loss = CenterLoss(num_classes=2, feat_dim=2)
+    with torch.no_grad():
+        center_loss.centers.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    features = torch.tensor([[3.0, 4.0], [1.0, 2.0]])
+    # ||(3,4) - (0,0)||^2 = 25, ||(1,2) - (1,1)||^2 = 1; summed and divided by the batch size.
+    loss = center_loss(features, torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(13.0)
+    loss.backward()
+    # d/dc0 of 25/2 = -(x0 - c0) = (-3, -4); c1: -(0, 1).
+    torch.testing.assert_close(center_loss.centers.grad, torch.tensor([[-3.0, -4.0], [0.0, -1.0]]))
+
+
+def _inputs(num_classes: int = 3):
+    generator = torch.Generator().manual_seed(0)
+    cls_score = torch.randn(4, num_classes, generator=generator, requires_grad=True)
+    return cls_score, POINTS.clone().requires_grad_(True), LABELS
+
+
+def test_softmax_sampler_uses_the_identity_loss_only():
+    cls_score, features, labels = _inputs()
+    terms = ReidLoss(3, 2, sampler="softmax")(cls_score, features, labels)
+    assert set(terms) == {"id", "total"}
+    expected = CrossEntropyLabelSmooth(3, 0.1)(cls_score, labels)
+    torch.testing.assert_close(terms["total"], expected)
+
+
+def test_triplet_sampler_uses_the_triplet_loss_only():
+    cls_score, features, labels = _inputs()
+    terms = ReidLoss(3, 2, sampler="triplet")(cls_score, features, labels)
+    assert set(terms) == {"triplet", "total"}
+    expected = (7.2 - math.sqrt(13) + 2 * math.sqrt(5)) / 4
+    assert terms["total"].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_softmax_triplet_sums_identity_and_triplet_and_backpropagates():
+    cls_score, features, labels = _inputs()
+    terms = ReidLoss(3, 2, sampler="softmax_triplet", label_smooth=False)(
+        cls_score, features, labels
+    )
+    assert set(terms) == {"id", "triplet", "total"}
+    torch.testing.assert_close(terms["id"], F.cross_entropy(cls_score, labels))
+    torch.testing.assert_close(terms["total"], terms["id"] + terms["triplet"])
+    terms["total"].backward()
+    assert cls_score.grad is not None and features.grad is not None
+
+
+def test_center_loss_is_added_with_its_weight():
+    cls_score, features, labels = _inputs()
+    loss = ReidLoss(
+        3, 2, metric_loss_type="triplet_center", with_center_loss=True, center_loss_weight=0.5
+    )
+    terms = loss(cls_score, features, labels)
+    assert set(terms) == {"id", "triplet", "center", "total"}
+    torch.testing.assert_close(
+        terms["total"], terms["id"] + terms["triplet"] + 0.5 * terms["center"]
+    )
+    assert loss.center_loss.centers.shape == (3, 2)
+
+
+def test_identity_and_triplet_weights_scale_their_terms_in_the_total():
+    cls_score, features, labels = _inputs()
+    loss = ReidLoss(3, 2, id_loss_weight=0.5, triplet_loss_weight=2.0)
+    terms = loss(cls_score, features, labels)
+    torch.testing.assert_close(terms["total"], 0.5 * terms["id"] + 2.0 * terms["triplet"])
+
+
+def test_center_metric_replaces_the_triplet_term():
+    cls_score, features, labels = _inputs()
+    loss = ReidLoss(3, 2, metric_loss_type="center", with_center_loss=True)
+    terms = loss(cls_score, features, labels)
+    assert set(terms) == {"id", "center", "total"}
+    assert loss.triplet_loss is None
+
+
+def test_without_center_loss_there_are_no_centers_to_optimise():
+    assert ReidLoss(3, 2).center_loss is None
+    assert list(ReidLoss(3, 2).parameters()) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"metric_loss_type": "arcface"}, "model.metric_loss_type"),
+        ({"sampler": "random"}, "dataset.sampler"),
+        ({"metric_loss_type": "triplet_center"}, "model.with_center_loss"),
+        (
+            {"sampler": "triplet", "metric_loss_type": "center", "with_center_loss": True},
+            "dataset.sampler",
+        ),
+    ],
+)
+def test_inconsistent_loss_options_name_the_spec_key(kwargs, key):
+    with pytest.raises(ReidnetError, match=key):
+        ReidLoss(3, 2, **kwargs)

@@ -1,0 +1,380 @@
+"""ReIdentificationNet and its ResNet backbones: shapes, last stride, BNNeck, offline ImageNet
+weights, classifier growth and checkpoint loading. Small inputs (64x32) and resnet_18 keep it fast.
+"""
+
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from reidnet.errors import ReidnetError
+from reidnet.model import BACKBONES, ReIdentificationNet, build_backbone
+
+
+def tiny_batch(n: int = 4) -> torch.Tensor:
+    return torch.randn(n, 3, 64, 32, generator=torch.Generator().manual_seed(0))
+
+
+def small_net(**kwargs) -> ReIdentificationNet:
+    torch.manual_seed(0)
+    return ReIdentificationNet("resnet_18", num_classes=kwargs.pop("num_classes", 6), **kwargs)
+
+
+# --- backbone -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "channels", "block_type"),
+    [
+        ("resnet_18", 512, torchvision.models.resnet.BasicBlock),
+        ("resnet_34", 512, torchvision.models.resnet.BasicBlock),
+        ("resnet_50", 2048, torchvision.models.resnet.Bottleneck),
+        ("resnet_101", 2048, torchvision.models.resnet.Bottleneck),
+        ("resnet_152", 2048, torchvision.models.resnet.Bottleneck),
+    ],
+)
+def test_each_backbone_is_a_torchvision_trunk_with_stride_one_last_stage(
+    name, channels, block_type
+):
+    trunk, out_channels = build_backbone(name, last_stride=1)
+    assert out_channels == channels
+    assert list(dict(trunk.named_children())) == [
+        "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"
+    ]  # fmt: skip
+    first = trunk.layer4[0]
+    assert isinstance(first, block_type)
+    strided = first.conv1 if block_type is torchvision.models.resnet.BasicBlock else first.conv2
+    assert strided.stride == (1, 1)
+    assert first.downsample[0].stride == (1, 1)
+
+
+def test_last_stride_one_keeps_layer3_resolution():
+    trunk, _ = build_backbone("resnet_50", last_stride=1)
+    with torch.no_grad():
+        assert trunk(torch.randn(2, 3, 64, 32)).shape == (2, 2048, 4, 2)
+
+
+def test_last_stride_two_is_plain_resnet():
+    trunk, _ = build_backbone("resnet_18", last_stride=2)
+    with torch.no_grad():
+        assert trunk(torch.randn(2, 3, 64, 32)).shape == (2, 512, 2, 1)
+
+
+def test_unknown_backbone_lists_valid_names():
+    with pytest.raises(ReidnetError, match=r"model\.backbone") as excinfo:
+        build_backbone("resnet_42")
+    assert all(name in str(excinfo.value) for name in BACKBONES)
+
+
+@pytest.mark.parametrize(("key", "value"), [("last_stride", 3), ("pretrain_choice", "coco")])
+def test_bad_backbone_options_name_the_spec_key(key, value):
+    with pytest.raises(ReidnetError, match=f"model.{key}"):
+        build_backbone("resnet_18", **{key: value})
+
+
+def _assert_trunk_matches(trunk: nn.Module, reference: nn.Module) -> None:
+    reference_state = reference.state_dict()
+    for key, tensor in trunk.state_dict().items():
+        assert torch.equal(tensor, reference_state[key]), key
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda sd: sd, id="torchvision-state-dict"),
+        pytest.param(
+            lambda sd: {"epoch": 3, "state_dict": {f"module.base.{k}": v for k, v in sd.items()}},
+            id="checkpoint-with-prefixes",
+        ),
+        pytest.param(lambda sd: {"model": {f"backbone.{k}": v for k, v in sd.items()}}, id="model"),
+    ],
+)
+def test_imagenet_weights_load_from_explicit_file(tmp_path, wrap, caplog):
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18()
+    weights_file = tmp_path / "weights.pth"
+    torch.save(wrap(reference.state_dict()), weights_file)
+    with caplog.at_level(logging.INFO, logger="reidnet.model.backbone"):
+        trunk, _ = build_backbone(
+            "resnet_18", pretrain_choice="imagenet", pretrained_model_path=weights_file
+        )
+    _assert_trunk_matches(trunk, reference)
+    # Every trunk tensor (all but fc.weight / fc.bias) was loaded, and the log says so.
+    expected = len(reference.state_dict()) - 2
+    assert f"loaded {expected} of {expected} trunk tensors" in caplog.text
+
+
+def test_imagenet_weights_load_from_torchvision_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    torch.manual_seed(2)
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    trunk, _ = build_backbone("resnet_18", pretrain_choice="imagenet")
+    _assert_trunk_matches(trunk, reference)
+
+
+def test_missing_imagenet_weights_explain_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ReidnetError) as excinfo:
+        build_backbone("resnet_50", pretrain_choice="imagenet")
+    message = str(excinfo.value)
+    assert "resnet50-0676ba61.pth" in message
+    assert str(tmp_path / "checkpoints" / "resnet50-0676ba61.pth") in message
+    assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
+    assert "model.pretrained_model_path" in message
+
+
+def test_missing_explicit_weights_file_is_named(tmp_path):
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(ReidnetError, match=r"model\.pretrained_model_path") as excinfo:
+        build_backbone("resnet_18", pretrain_choice="imagenet", pretrained_model_path=missing)
+    assert str(missing) in str(excinfo.value)
+
+
+def test_weights_of_another_network_are_refused(tmp_path):
+    weights_file = tmp_path / "other.pth"
+    torch.save({"encoder.weight": torch.zeros(3)}, weights_file)
+    with pytest.raises(ReidnetError, match="no weights for resnet_18"):
+        build_backbone("resnet_18", pretrain_choice="imagenet", pretrained_model_path=weights_file)
+
+
+def test_unreadable_weights_file_is_named(tmp_path):
+    weights_file = tmp_path / "broken.pth"
+    weights_file.write_bytes(b"not a checkpoint")
+    with pytest.raises(ReidnetError, match=r"broken\.pth"):
+        build_backbone("resnet_18", pretrain_choice="imagenet", pretrained_model_path=weights_file)
+
+
+def test_files_that_would_run_code_when_unpickled_are_refused(tmp_path):
+    from fractions import Fraction  # any class outside torch's weights-only allowlist
+
+    weights_file = tmp_path / "pickled.pth"
+    state = torchvision.models.resnet18().state_dict()
+    torch.save({"state_dict": state, "note": Fraction(1, 2)}, weights_file)
+    with pytest.raises(ReidnetError, match="pickled") as excinfo:
+        build_backbone("resnet_18", pretrain_choice="imagenet", pretrained_model_path=weights_file)
+    assert "re-save only its state dict" in str(excinfo.value)
+
+
+# --- ReIdentificationNet ------------------------------------------------------------------------
+
+
+def test_training_forward_returns_scores_and_pre_neck_feature():
+    net = small_net(num_classes=6, feat_dim=128).train()
+    cls_score, global_feat = net(tiny_batch())
+    assert cls_score.shape == (4, 6)
+    assert global_feat.shape == (4, 128)
+    # The triplet loss sees the pre-BN feature; the classifier sees the BNNeck output.
+    torch.testing.assert_close(global_feat, net.global_feature(tiny_batch()))
+    torch.testing.assert_close(cls_score, net.classifier(net.bnneck(global_feat)))
+
+
+def test_projection_only_when_feat_dim_differs_from_trunk_channels():
+    assert small_net(feat_dim=512).projection is None
+    projection = small_net(feat_dim=128).projection
+    assert projection.kernel_size == (1, 1)
+    assert (projection.in_channels, projection.out_channels) == (512, 128)
+    assert projection.bias is None
+
+
+def test_bnneck_shift_is_frozen_at_zero_and_classifier_is_small():
+    net = small_net(num_classes=100, feat_dim=128)
+    assert not net.bnneck.bias.requires_grad
+    assert torch.equal(net.bnneck.bias, torch.zeros(128))
+    assert torch.equal(net.bnneck.weight, torch.ones(128))
+    assert net.classifier.bias is None
+    assert 0.0009 < net.classifier.weight.std().item() < 0.0011
+    assert (net.feat_dim, net.num_classes, net.backbone_name) == (128, 100, "resnet_18")
+
+
+def _non_trivial_running_stats(net: ReIdentificationNet) -> None:
+    with torch.no_grad():
+        net.bnneck.running_mean.uniform_(-1, 1)
+        net.bnneck.running_var.uniform_(0.5, 2)
+        net.bnneck.weight.uniform_(0.5, 2)
+
+
+def test_eval_embedding_after_neck_is_the_batchnormed_feature():
+    net = small_net(feat_dim=64, neck_feat="after").eval()
+    _non_trivial_running_stats(net)
+    images = tiny_batch()
+    with torch.no_grad():
+        feature = net.global_feature(images)
+        bn = net.bnneck
+        expected = (feature - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight
+        torch.testing.assert_close(net(images), expected)
+
+
+def test_eval_embedding_before_neck_is_the_pooled_feature():
+    net = small_net(feat_dim=64, neck_feat="before").eval()
+    _non_trivial_running_stats(net)
+    images = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(net(images), net.global_feature(images))
+
+
+def test_no_neck_classifies_the_feature_directly():
+    net = small_net(feat_dim=64, neck="no")
+    assert net.bnneck is None
+    images = tiny_batch()
+    with torch.no_grad():
+        cls_score, global_feat = net.train()(images)
+        torch.testing.assert_close(cls_score, net.classifier(global_feat))
+        net.eval()
+        torch.testing.assert_close(net(images), net.global_feature(images))
+
+
+def test_flip_feature_sums_image_and_mirror_embeddings():
+    net = small_net(feat_dim=64, with_flip_feature=True).eval()
+    _non_trivial_running_stats(net)
+    images = tiny_batch()
+    with torch.no_grad():
+        plain = small_net(feat_dim=64).eval()
+        plain.load_state_dict(net.state_dict())
+        expected = plain(images) + plain(images.flip(-1))
+        torch.testing.assert_close(net(images), expected)
+        # Hence mirroring the input does not change the embedding.
+        torch.testing.assert_close(net(images.flip(-1)), net(images))
+
+
+def test_channels_last_gives_the_same_embedding():
+    net = small_net(feat_dim=64).eval()
+    images = tiny_batch()
+    with torch.no_grad():
+        expected = net(images)
+        net = net.to(memory_format=torch.channels_last)
+        got = net(images.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"feat_dim": 0}, "model.feat_dim"),
+        ({"num_classes": 0}, "dataset.num_classes"),
+        ({"neck": "bn"}, "model.neck"),
+        ({"neck_feat": "middle"}, "model.neck_feat"),
+    ],
+)
+def test_invalid_head_options_name_the_spec_key(kwargs, key):
+    with pytest.raises(ReidnetError, match=key):
+        small_net(**kwargs)
+
+
+def test_grow_classifier_keeps_known_identities():
+    net = small_net(num_classes=6, feat_dim=64)
+    old_rows = net.classifier.weight.detach().clone()
+    net.grow_classifier(10)
+    assert net.num_classes == 10
+    assert net.classifier.weight.shape == (10, 64)
+    assert torch.equal(net.classifier.weight[:6], old_rows)
+    new_rows = net.classifier.weight[6:]
+    assert new_rows.abs().max() < 0.01 and new_rows.abs().sum() > 0
+    cls_score, _ = net.train()(tiny_batch())
+    assert cls_score.shape == (4, 10)
+
+
+def test_classifier_cannot_shrink():
+    net = small_net(num_classes=6)
+    with pytest.raises(ReidnetError, match="6"):
+        net.grow_classifier(5)
+
+
+def test_load_reid_state_round_trip_with_prefixes():
+    source = small_net(num_classes=6, feat_dim=64).eval()
+    _non_trivial_running_stats(source)
+    target = small_net(num_classes=6, feat_dim=64).eval()
+    torch.nn.init.zeros_(target.classifier.weight)
+    report = target.load_reid_state(
+        {f"module.{k}": v for k, v in source.state_dict().items()}, strict_classifier=True
+    )
+    assert report.num_loaded == len(source.state_dict())
+    assert report.skipped == {}
+    assert torch.equal(target.classifier.weight, source.classifier.weight)
+    images = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(target(images), source(images))
+
+
+def test_load_reid_state_reinitialises_a_classifier_of_another_size():
+    source = small_net(num_classes=6, feat_dim=64).eval()
+    target = small_net(num_classes=9, feat_dim=64).eval()
+    report = target.load_reid_state(source.state_dict(), strict_classifier=False)
+    assert report.classifier_reinitialised
+    assert "6 classes" in report.skipped["classifier.weight"]
+    assert report.num_loaded == len(source.state_dict()) - 1
+    assert target.classifier.weight.shape == (9, 64)
+    images = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(target(images), source(images))
+
+
+def test_load_reid_state_strict_classifier_refuses_another_size():
+    source = small_net(num_classes=6, feat_dim=64)
+    target = small_net(num_classes=9, feat_dim=64)
+    with pytest.raises(ReidnetError, match=r"dataset\.num_classes"):
+        target.load_reid_state(source.state_dict(), strict_classifier=True)
+
+
+def test_load_reid_state_refuses_another_feat_dim():
+    source = small_net(num_classes=6, feat_dim=64)
+    target = small_net(num_classes=6, feat_dim=128)
+    with pytest.raises(ReidnetError, match=r"model\.feat_dim 128"):
+        target.load_reid_state(source.state_dict(), strict_classifier=False)
+
+
+def test_pretrain_choice_self_loads_a_reid_checkpoint(tmp_path):
+    source = small_net(num_classes=6, feat_dim=64).eval()
+    _non_trivial_running_stats(source)
+    checkpoint = tmp_path / "reid.pth"
+    # Shaped like a reidnet training checkpoint: weights under "model", numpy RNG state and
+    # numpy metric values beside them.
+    torch.save(
+        {
+            "epoch": 120,
+            "model": source.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state()},
+            "history": [{"mAP": np.float64(0.5)}],
+        },
+        checkpoint,
+    )
+    target = ReIdentificationNet(
+        "resnet_18",
+        num_classes=3,
+        feat_dim=64,
+        pretrain_choice="self",
+        pretrained_model_path=checkpoint,
+    ).eval()
+    images = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(target(images), source(images))
+
+
+def test_pretrain_choice_self_needs_a_path():
+    with pytest.raises(ReidnetError, match=r"model\.pretrained_model_path"):
+        small_net(pretrain_choice="self")
+
+
+def test_flip_embedding_exports_to_onnx_with_a_dynamic_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    net = small_net(feat_dim=64, with_flip_feature=True).eval()
+    onnx_file = tmp_path / "reid.onnx"
+    torch.onnx.export(
+        net,
+        (tiny_batch(2),),
+        onnx_file,
+        input_names=["input"],
+        output_names=["fc_pred"],
+        dynamic_shapes={"images": {0: torch.export.Dim.DYNAMIC}},
+    )
+    images = tiny_batch(3)
+    (exported,) = ort.InferenceSession(str(onnx_file)).run(None, {"input": images.numpy()})
+    with torch.no_grad():
+        expected = net(images).numpy()
+    np.testing.assert_allclose(exported, expected, rtol=1e-4, atol=1e-4)
