@@ -137,8 +137,9 @@ def inference_command(
     from reidnet.engine.actions import run_inference
 
     outcome = run_inference(load_spec(spec, overrides or []), input_dir=input_dir)
-    console.print(f"{outcome.count} embeddings: {outcome.json_file}, {outcome.npy_file}, "
-                  f"{outcome.index_file}")
+    console.print(
+        f"{outcome.count} embeddings: {outcome.json_file}, {outcome.npy_file}, {outcome.index_file}"
+    )
 
 
 @app.command("quickstart")
@@ -157,8 +158,10 @@ def quickstart_command(
     for column in ("mAP", "rank-1", "rank-5", "rank-10", "mINP"):
         table.add_column(column, justify="right")
     for name, metrics in (("untrained", summary.untrained), ("trained", summary.trained)):
-        table.add_row(name, *(f"{100 * metrics[k]:.2f}"
-                              for k in ("mAP", "rank-1", "rank-5", "rank-10", "mINP")))
+        table.add_row(
+            name,
+            *(f"{100 * metrics[k]:.2f}" for k in ("mAP", "rank-1", "rank-5", "rank-10", "mINP")),
+        )
     console.print(table)
     for step, seconds in summary.seconds.items():
         console.print(f"{step}: {seconds:.1f} s")

@@ -1,0 +1,225 @@
+"""The evaluate and inference actions: a trained model scored on, or run over, a set of images.
+
+The CLI and the REST service both call these functions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reidnet.config import ExperimentSpec
+from reidnet.data.market import ImageRecord, is_image_file, read_records
+from reidnet.engine import checkpoint as ckpt
+from reidnet.engine.embed import extract_features, resolve_device
+from reidnet.engine.retrieval import RetrievalScore, score_retrieval
+from reidnet.errors import ReidnetError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationOutcome:
+    metrics: dict[str, Any]
+    results_file: Path
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class InferenceOutcome:
+    json_file: Path
+    npy_file: Path
+    index_file: Path
+    count: int
+
+
+def query_gallery_folders(spec: ExperimentSpec, action: str) -> tuple[Path, Path]:
+    """The query and gallery folders of an action, falling back to the dataset section."""
+    section = getattr(spec, action)
+    query = section.query_dataset or spec.dataset.query_dataset_dir
+    gallery = section.test_dataset or spec.dataset.test_dataset_dir
+    if not query or not gallery:
+        raise ReidnetError(
+            f"{action} needs query and gallery folders: set {action}.query_dataset and "
+            f"{action}.test_dataset (or dataset.query_dataset_dir and dataset.test_dataset_dir)"
+        )
+    return Path(query), Path(gallery)
+
+
+def embed_paths(
+    model: torch.nn.Module, architecture: dict, paths: list, spec: ExperimentSpec, device
+) -> torch.Tensor:
+    """Features of `paths` with the checkpoint's input size and normalisation."""
+    return extract_features(
+        model,
+        paths,
+        height=architecture["input_height"],
+        width=architecture["input_width"],
+        pixel_mean=architecture["pixel_mean"],
+        pixel_std=architecture["pixel_std"],
+        batch_size=spec.dataset.val_batch_size,
+        num_workers=spec.dataset.num_workers,
+        device=device,
+    )
+
+
+def score_model(
+    model: torch.nn.Module,
+    architecture: dict,
+    query_records: list[ImageRecord],
+    gallery_records: list[ImageRecord],
+    spec: ExperimentSpec,
+    device: torch.device,
+) -> RetrievalScore:
+    """Retrieval metrics of a model (trained or not) on query/gallery records."""
+    paths = [r.path for r in query_records + gallery_records]
+    features = embed_paths(model, architecture, paths, spec, device)
+    count = len(query_records)
+    return score_retrieval(features[:count], features[count:], query_records, gallery_records, spec)
+
+
+def evaluate(spec: ExperimentSpec, device: str | torch.device | None = None) -> EvaluationOutcome:
+    """Score `evaluate.checkpoint` on query/gallery; write results.json and both plots."""
+    config = spec.evaluate
+    checkpoint = ckpt.load_checkpoint(config.checkpoint, "evaluate.checkpoint")
+    ckpt.check_spec_matches(checkpoint, spec.model, config.checkpoint)
+    device = resolve_device(device, config.gpu_id)
+    model = ckpt.model_from_checkpoint(checkpoint, device)
+    query_dir, gallery_dir = query_gallery_folders(spec, "evaluate")
+    query_records, gallery_records = read_records(query_dir), read_records(gallery_dir)
+    score = score_model(
+        model, checkpoint["architecture"], query_records, gallery_records, spec, device
+    )
+    out_dir = spec.action_results_dir("evaluate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {
+        "checkpoint": str(config.checkpoint),
+        "query_dataset": str(query_dir),
+        "test_dataset": str(gallery_dir),
+        "num_query": len(query_records),
+        "num_gallery": len(gallery_records),
+        **score.metrics,
+        "cmc": [float(v) for v in score.cmc],
+    }
+    results_file = out_dir / "results.json"
+    write_text_atomic(results_file, json.dumps(results, indent=2))
+    plots = write_plots(score, query_records, gallery_records, spec, out_dir)
+    return EvaluationOutcome(score.metrics, results_file, plots)
+
+
+def write_plots(
+    score: RetrievalScore,
+    query_records: list[ImageRecord],
+    gallery_records: list[ImageRecord],
+    spec: ExperimentSpec,
+    out_dir: Path,
+) -> dict[str, Path]:
+    from reidnet.evaluation.plots import plot_cmc, plot_sampled_matches
+
+    config, ranking = spec.evaluate, spec.re_ranking
+    cmc_path = Path(config.output_cmc_curve_plot or out_dir / "cmc_curve.png")
+    matches_path = Path(config.output_sampled_matches_plot or out_dir / "sampled_matches.png")
+    title = "CMC" + (" (re-ranked)" if score.reranked else "")
+    plot_cmc(score.cmc, cmc_path, title=title)
+    plot_sampled_matches(
+        [str(r.path) for r in query_records],
+        [str(r.path) for r in gallery_records],
+        score.distmat,
+        np.array([r.pid for r in query_records]),
+        np.array([r.pid for r in gallery_records]),
+        matches_path,
+        num_query=min(ranking.num_query, len(query_records)),
+        max_rank=min(ranking.max_rank, len(gallery_records)),
+        query_camids=np.array([r.camid for r in query_records]),
+        gallery_camids=np.array([r.camid for r in gallery_records]),
+        same_camera_filter=config.same_camera_filter,
+    )
+    return {"cmc_curve": cmc_path, "sampled_matches": matches_path}
+
+
+def inference_records(
+    spec: ExperimentSpec, input_dir: str | Path | None
+) -> list[tuple[str, ImageRecord]]:
+    """(subset, record) pairs: every image of `input_dir`, else every query and gallery image."""
+    if input_dir is not None:
+        folder = Path(input_dir)
+        if not folder.is_dir():
+            raise ReidnetError(f"--input {folder} is not a folder of images")
+        paths = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+        if not paths:
+            raise ReidnetError(f"--input {folder} holds no jpg/jpeg/png/bmp image")
+        return [("input", ImageRecord(p, -1, -1)) for p in paths]
+    query_dir, gallery_dir = query_gallery_folders(spec, "inference")
+    return [("query", r) for r in read_records(query_dir)] + [
+        ("gallery", r) for r in read_records(gallery_dir)
+    ]
+
+
+def run_inference(
+    spec: ExperimentSpec,
+    device: str | torch.device | None = None,
+    input_dir: str | Path | None = None,
+) -> InferenceOutcome:
+    """Embed every image; write the reference's JSON, a float32 .npy and a CSV index.
+
+    Embeddings are the model's raw output (not L2-normalised), as in the reference.
+    """
+    config = spec.inference
+    checkpoint = ckpt.load_checkpoint(config.checkpoint, "inference.checkpoint")
+    ckpt.check_spec_matches(checkpoint, spec.model, config.checkpoint)
+    device = resolve_device(device, config.gpu_id)
+    model = ckpt.model_from_checkpoint(checkpoint, device)
+    items = inference_records(spec, input_dir)
+    features = (
+        embed_paths(model, checkpoint["architecture"], [r.path for _, r in items], spec, device)
+        .numpy()
+        .astype(np.float32)
+    )
+    json_file = Path(config.output_file or spec.action_results_dir("inference") / "result.json")
+    return write_embeddings(items, features, json_file)
+
+
+def write_embeddings(
+    items: list[tuple[str, ImageRecord]], features: np.ndarray, json_file: Path
+) -> InferenceOutcome:
+    if len(items) != len(features):
+        raise RuntimeError(f"{len(items)} images but {len(features)} embeddings")
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = json_file.with_name(f".{json_file.name}.tmp")
+    with open(temporary, "w") as stream:  # streamed: large sets never build one huge string
+        stream.write("[\n")
+        for i, ((_, record), vector) in enumerate(zip(items, features, strict=True)):
+            entry = {"img_path": str(record.path), "embedding": [float(v) for v in vector]}
+            stream.write(("," if i else "") + json.dumps(entry) + "\n")
+        stream.write("]\n")
+    os.replace(temporary, json_file)
+    npy_file, index_file = json_file.with_suffix(".npy"), json_file.with_suffix(".csv")
+    np.save(npy_file, features)
+    with open(index_file, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["row", "img_path", "subset", "pid", "camid"])
+        for row, (subset, record) in enumerate(items):
+            writer.writerow([row, record.path, subset, record.pid, record.camid])
+    logger.info(
+        "wrote %d embeddings to %s (+ %s, %s)",
+        len(items),
+        json_file,
+        npy_file.name,
+        index_file.name,
+    )
+    return InferenceOutcome(json_file, npy_file, index_file, len(items))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

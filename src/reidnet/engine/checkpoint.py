@@ -1,0 +1,162 @@
+"""Checkpoints: atomic writes, and everything needed to rebuild, resume or deploy a model.
+
+A checkpoint records the architecture, the identity map (class label -> identity key), the input
+size and the normalisation next to the weights, so evaluate, inference and export never need
+`dataset.num_classes` or the model section repeated by hand (the reference's trap).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reidnet import __version__
+from reidnet.errors import ReidnetError
+
+FORMAT = "reidnet-checkpoint"
+FORMAT_VERSION = 1
+LATEST_NAME = "reid_model_latest.pth"
+
+# The fields of `model` a checkpoint fixes; a spec that sets one differently is refused.
+ARCHITECTURE_FIELDS = ("backbone", "feat_dim", "last_stride", "neck", "neck_feat")
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    return f"model_epoch_{epoch:03d}.pth"
+
+
+def atomic_torch_save(payload: Any, path: str | Path) -> Path:
+    """Write with torch.save to a temporary file, fsync it, then rename over `path`.
+
+    A crash or kill at any moment leaves either the previous file or the new one, never a torn
+    file: rename is atomic within a folder and the data is on disk before it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def load_checkpoint(path: str | Path, key: str = "evaluate.checkpoint") -> dict[str, Any]:
+    """Read a reidnet checkpoint, with an error naming the spec key when it is missing or bad."""
+    path = Path(path) if path else None
+    if path is None:
+        raise ReidnetError(f"no checkpoint given: set {key}=/path/to/model_epoch_NNN.pth")
+    if not path.is_file():
+        raise ReidnetError(f"checkpoint {path} does not exist: check {key}")
+    from reidnet.model.backbone import safe_numpy_globals
+
+    try:  # data only: a checkpoint never runs code when it is read
+        with torch.serialization.safe_globals(safe_numpy_globals()):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ReidnetError(
+            f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it may be "
+            "truncated or not a PyTorch file"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ReidnetError(
+            f"{path} is not a reidnet checkpoint (no '{FORMAT}' marker): give a file written by "
+            "`reidnet train` (model_epoch_NNN.pth or reid_model_latest.pth)"
+        )
+    return payload
+
+
+def check_spec_matches(checkpoint: dict[str, Any], model_spec, path: str | Path) -> None:
+    """Refuse a spec that explicitly sets an architecture field the checkpoint disagrees with."""
+    explicit = model_spec.model_fields_set
+    for field in ARCHITECTURE_FIELDS:
+        if field in explicit and getattr(model_spec, field) != checkpoint["architecture"][field]:
+            raise ReidnetError(
+                f"checkpoint {path} was trained with model.{field}="
+                f"{checkpoint['architecture'][field]!r} but the spec sets model.{field}="
+                f"{getattr(model_spec, field)!r}: remove model.{field} from the spec or give "
+                "the matching checkpoint"
+            )
+
+
+def capture_rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_header(
+    *, epoch: int, spec_dict: dict, identity_keys: list[str], architecture: dict
+) -> dict[str, Any]:
+    """The metadata part of a checkpoint; the trainer adds weights and optimizer states."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "reidnet_version": __version__,
+        "epoch": epoch,
+        "spec": spec_dict,
+        "identity_keys": list(identity_keys),
+        "num_classes": len(identity_keys),
+        "architecture": architecture,
+    }
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], device: torch.device | None = None):
+    """Rebuild the network a checkpoint was trained as and load its weights (eval mode)."""
+    from reidnet.model import ReIdentificationNet
+
+    architecture = checkpoint["architecture"]
+    model = ReIdentificationNet(
+        architecture["backbone"],
+        num_classes=checkpoint["num_classes"],
+        last_stride=architecture["last_stride"],
+        feat_dim=architecture["feat_dim"],
+        neck=architecture["neck"],
+        neck_feat=architecture["neck_feat"],
+        with_flip_feature=architecture["with_flip_feature"],
+        pretrain_choice="none",
+    )
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device or torch.device("cpu")).eval()

@@ -1,0 +1,223 @@
+"""Training end to end on tiny synthetic data: learning, resume, growth, actions, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reidnet.config import load_spec
+from reidnet.data.synthetic import generate_synthetic_dataset
+from reidnet.engine import checkpoint as ckpt
+from reidnet.engine.actions import evaluate, run_inference, score_model
+from reidnet.engine.trainer import TrainingRun, architecture_of, train
+from reidnet.errors import ReidnetError
+
+TINY = {
+    "model": {
+        "backbone": "resnet_18",
+        "pretrain_choice": "none",
+        "input_height": 32,
+        "input_width": 16,
+        "feat_dim": 64,
+    },
+    "dataset": {"batch_size": 16, "num_instances": 4, "num_workers": 0, "padding": 2},
+    "train": {
+        "num_epochs": 2,
+        "checkpoint_interval": 1,
+        "validation_interval": 1,
+        "seed": 3,
+        "optim": {"base_lr": 0.001, "warmup_iters": 0, "lr_steps": [50]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_dataset(
+        root / "data",
+        identities=24,
+        test_identities=8,
+        cameras=3,
+        images_per_identity=8,
+        size=(64, 32),
+        seed=1,
+    )
+    return root / "data"
+
+
+def tiny_spec(data: Path, results: Path, *overrides: str, train_dirs=None):
+    raw = json.loads(json.dumps(TINY))
+    raw["results_dir"] = str(results)
+    raw["dataset"].update(
+        train_dataset_dir=train_dirs or str(data / "bounding_box_train"),
+        test_dataset_dir=str(data / "bounding_box_test"),
+        query_dataset_dir=str(data / "query"),
+    )
+    return load_spec(data=raw, overrides=list(overrides))
+
+
+def test_training_beats_the_untrained_model_and_writes_its_outputs(synthetic, tmp_path):
+    spec = tiny_spec(
+        synthetic,
+        tmp_path / "r",
+        "train.num_epochs=8",
+        "train.checkpoint_interval=4",
+        "train.validation_interval=4",
+    )
+    run = TrainingRun(spec)
+    untrained = score_model(
+        run.model, architecture_of(spec), run.query_records, run.gallery_records, spec, run.device
+    ).metrics
+    result = run.fit()
+    trained = result.final_metrics
+    assert trained["mAP"] > untrained["mAP"] + 0.1, (untrained, trained)
+    out = tmp_path / "r" / "train"
+    assert sorted(p.name for p in out.glob("*.pth")) == [
+        "model_epoch_004.pth",
+        "model_epoch_008.pth",
+        "reid_model_latest.pth",
+    ]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == list(range(1, 9))
+    assert {"loss_id", "loss_triplet", "loss_total", "lr", "train_accuracy"} <= set(lines[0])
+    assert "validation" in lines[3] and "validation" not in lines[2]
+    status = json.loads((out / "status.json").read_text())
+    assert (status["state"], status["epoch"]) == ("done", 8)
+    assert any((out / "tensorboard").iterdir())
+
+
+def test_checkpoint_carries_what_evaluate_needs(synthetic, tmp_path):
+    result = train(tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=1"))
+    saved = ckpt.load_checkpoint(result.last_checkpoint)
+    assert saved["num_classes"] == 16 and len(saved["identity_keys"]) == 16
+    assert saved["architecture"]["backbone"] == "resnet_18"
+    assert (saved["architecture"]["input_height"], saved["architecture"]["input_width"]) == (32, 16)
+    assert saved["architecture"]["pixel_std"] == [0.226, 0.226, 0.226]
+    assert {"model", "optimizer", "scheduler", "rng", "spec", "epoch"} <= set(saved)
+
+
+def test_resumed_run_continues_exactly_like_an_uninterrupted_one(synthetic, tmp_path):
+    straight = train(tiny_spec(synthetic, tmp_path / "a"))
+    tiny_spec(synthetic, tmp_path / "b", "train.num_epochs=1")
+    train(tiny_spec(synthetic, tmp_path / "b", "train.num_epochs=1"))
+    resumed = train(tiny_spec(synthetic, tmp_path / "b"))  # picks up reid_model_latest.pth
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    for key in ("loss_id", "loss_triplet", "loss_total"):
+        assert resumed.history[1][key] == pytest.approx(straight.history[1][key], rel=1e-5)
+
+
+def test_new_identities_grow_the_classifier_and_keep_old_rows(synthetic, tmp_path):
+    first = tmp_path / "first"
+    shutil.copytree(synthetic / "bounding_box_train", first)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for path in sorted(first.iterdir())[:32]:  # move the first identities to a second folder
+        shutil.move(path, extra / path.name)
+    group = {"identity_group": "shop"}
+    spec_one = tiny_spec(
+        synthetic, tmp_path / "r", "train.num_epochs=1", train_dirs=[{"path": str(first), **group}]
+    )
+    before = ckpt.load_checkpoint(train(spec_one).last_checkpoint)
+    both = [{"path": str(first), **group}, {"path": str(extra), **group}]
+    after = ckpt.load_checkpoint(
+        train(tiny_spec(synthetic, tmp_path / "r", train_dirs=both)).last_checkpoint
+    )
+    old = before["num_classes"]
+    assert after["num_classes"] > old
+    assert after["identity_keys"][:old] == before["identity_keys"]
+    assert after["epoch"] == 2
+    # Rows of identities seen before started from their trained values (then trained one epoch).
+    old_rows, new_rows = before["model"]["classifier.weight"], after["model"]["classifier.weight"]
+    assert new_rows.shape[0] == after["num_classes"]
+    assert torch.nn.functional.cosine_similarity(old_rows, new_rows[:old]).mean() > 0.5
+
+
+def test_inference_writes_every_image_not_only_the_last_batch(synthetic, tmp_path):
+    result = train(tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=1"))
+    spec = tiny_spec(
+        synthetic,
+        tmp_path / "r",
+        f"inference.checkpoint={result.last_checkpoint}",
+        "dataset.val_batch_size=7",
+    )
+    outcome = run_inference(spec)
+    entries = json.loads(outcome.json_file.read_text())
+    expected = sorted(p.name for p in (synthetic / "query").iterdir()) + sorted(
+        p.name for p in (synthetic / "bounding_box_test").iterdir()
+    )
+    assert [Path(e["img_path"]).name for e in entries] == expected
+    assert len(expected) > 7  # several batches
+    matrix = np.load(outcome.npy_file)
+    assert matrix.shape == (len(expected), 64) and matrix.dtype == np.float32
+    np.testing.assert_allclose(matrix[-1], entries[-1]["embedding"], rtol=1e-6)
+    assert len(outcome.index_file.read_text().splitlines()) == len(expected) + 1
+
+
+def test_inference_on_any_folder_of_crops(synthetic, tmp_path):
+    result = train(tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=1"))
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i, path in enumerate(sorted((synthetic / "query").iterdir())[:3]):
+        shutil.copy(path, crops / f"crop_{i}.jpg")
+    spec = tiny_spec(synthetic, tmp_path / "r", f"inference.checkpoint={result.last_checkpoint}")
+    outcome = run_inference(spec, input_dir=crops)
+    assert outcome.count == 3
+
+
+def test_evaluate_writes_results_and_plots(synthetic, tmp_path):
+    result = train(tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=1"))
+    spec = tiny_spec(
+        synthetic,
+        tmp_path / "r",
+        f"evaluate.checkpoint={result.last_checkpoint}",
+        "re_ranking.re_ranking=true",
+        "re_ranking.k1=5",
+        "re_ranking.k2=2",
+    )
+    outcome = evaluate(spec)
+    saved = json.loads(outcome.results_file.read_text())
+    assert saved["re_ranking"] is True
+    assert 0.0 <= saved["mAP"] <= 1.0 and len(saved["cmc"]) == 50
+    for path in outcome.plots.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dataset_problems_stop_training_before_the_first_step(synthetic, tmp_path):
+    broken = tmp_path / "train"
+    shutil.copytree(synthetic / "bounding_box_train", broken)
+    next(broken.iterdir()).write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ReidnetError, match="corrupt_image"):
+        TrainingRun(tiny_spec(synthetic, tmp_path / "r", train_dirs=str(broken)))
+    assert not (tmp_path / "r").exists()
+
+
+def test_too_few_identities_for_a_batch_says_how_many_are_needed(synthetic, tmp_path):
+    spec = tiny_spec(synthetic, tmp_path / "r", "dataset.batch_size=80")
+    with pytest.raises(ReidnetError, match="one batch needs 20"):
+        TrainingRun(spec)
+
+
+def test_checkpoint_that_does_not_match_the_spec_names_the_field(synthetic, tmp_path):
+    result = train(tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=1"))
+    spec = tiny_spec(
+        synthetic,
+        tmp_path / "r",
+        f"evaluate.checkpoint={result.last_checkpoint}",
+        "model.feat_dim=128",
+    )
+    with pytest.raises(
+        ReidnetError, match=r"model\.feat_dim=64 but the spec sets model\.feat_dim=128"
+    ):
+        evaluate(spec)
+
+
+def test_missing_checkpoint_path_says_so(synthetic, tmp_path):
+    spec = tiny_spec(synthetic, tmp_path / "r", f"evaluate.checkpoint={tmp_path / 'nope.pth'}")
+    with pytest.raises(ReidnetError, match=r"nope\.pth does not exist: check evaluate\.checkpoint"):
+        evaluate(spec)
