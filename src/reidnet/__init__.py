@@ -8,4 +8,13 @@ __version__ = "0.1.0"
 
 from reidnet.errors import ReidnetError
 
-__all__ = ["ReidnetError", "__version__"]
+__all__ = ["Embedder", "ReidnetError", "__version__"]
+
+
+def __getattr__(name: str):
+    # `reidnet.Embedder` imports torch and onnxruntime on first use, not at `import reidnet`.
+    if name == "Embedder":
+        from reidnet.embedder import Embedder
+
+        return Embedder
+    raise AttributeError(f"module 'reidnet' has no attribute {name!r}")

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -71,6 +71,61 @@ def embed_paths(
     )
 
 
+class FeatureSource(Protocol):
+    """What evaluate and inference embed images with: a checkpoint or an ONNX model."""
+
+    @property
+    def model_file(self) -> str: ...
+
+    def embed(self, paths: list, spec: ExperimentSpec) -> torch.Tensor:
+        """Raw (not L2-normalised) float32 features [N, D] on the CPU, in the order of paths."""
+        ...
+
+
+@dataclass
+class CheckpointFeatures:
+    """A PyTorch network with its checkpoint's input size and normalisation."""
+
+    model: torch.nn.Module
+    architecture: dict
+    device: torch.device
+    model_file: str = ""
+
+    def embed(self, paths: list, spec: ExperimentSpec) -> torch.Tensor:
+        return embed_paths(self.model, self.architecture, paths, spec, self.device)
+
+
+def feature_source(
+    spec: ExperimentSpec, action: str, device: str | torch.device | None = None
+) -> FeatureSource:
+    """`<action>.onnx_file` or a `.onnx` checkpoint path run by onnxruntime, else the checkpoint."""
+    config = getattr(spec, action)
+    device = resolve_device(device, config.gpu_id)
+    if config.onnx_file or str(config.checkpoint or "").lower().endswith(".onnx"):
+        from reidnet.export.runtime import OnnxFeatures
+
+        key = f"{action}.onnx_file" if config.onnx_file else f"{action}.checkpoint"
+        if config.onnx_file and config.checkpoint:
+            logger.info("%s is set: %s.checkpoint is not used", key, action)
+        return OnnxFeatures.load(config.onnx_file or config.checkpoint, spec, device, key)
+    checkpoint = ckpt.load_checkpoint(config.checkpoint, f"{action}.checkpoint")
+    ckpt.check_spec_matches(checkpoint, spec.model, config.checkpoint)
+    model = ckpt.model_from_checkpoint(checkpoint, device)
+    return CheckpointFeatures(model, checkpoint["architecture"], device, str(config.checkpoint))
+
+
+def score_features(
+    source: FeatureSource,
+    query_records: list[ImageRecord],
+    gallery_records: list[ImageRecord],
+    spec: ExperimentSpec,
+) -> RetrievalScore:
+    """Retrieval metrics of a feature source on query/gallery records."""
+    features = source.embed([r.path for r in query_records + gallery_records], spec)
+    count = len(query_records)
+    return score_retrieval(features[:count], features[count:], query_records, gallery_records, spec)
+
+
 def score_model(
     model: torch.nn.Module,
     architecture: dict,
@@ -80,28 +135,20 @@ def score_model(
     device: torch.device,
 ) -> RetrievalScore:
     """Retrieval metrics of a model (trained or not) on query/gallery records."""
-    paths = [r.path for r in query_records + gallery_records]
-    features = embed_paths(model, architecture, paths, spec, device)
-    count = len(query_records)
-    return score_retrieval(features[:count], features[count:], query_records, gallery_records, spec)
+    source = CheckpointFeatures(model, architecture, device)
+    return score_features(source, query_records, gallery_records, spec)
 
 
 def evaluate(spec: ExperimentSpec, device: str | torch.device | None = None) -> EvaluationOutcome:
-    """Score `evaluate.checkpoint` on query/gallery; write results.json and both plots."""
-    config = spec.evaluate
-    checkpoint = ckpt.load_checkpoint(config.checkpoint, "evaluate.checkpoint")
-    ckpt.check_spec_matches(checkpoint, spec.model, config.checkpoint)
-    device = resolve_device(device, config.gpu_id)
-    model = ckpt.model_from_checkpoint(checkpoint, device)
+    """Score the checkpoint or ONNX model on query/gallery; write results.json and both plots."""
+    source = feature_source(spec, "evaluate", device)
     query_dir, gallery_dir = query_gallery_folders(spec, "evaluate")
     query_records, gallery_records = read_records(query_dir), read_records(gallery_dir)
-    score = score_model(
-        model, checkpoint["architecture"], query_records, gallery_records, spec, device
-    )
+    score = score_features(source, query_records, gallery_records, spec)
     out_dir = spec.action_results_dir("evaluate")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {
-        "checkpoint": str(config.checkpoint),
+        "checkpoint": source.model_file,
         "query_dataset": str(query_dir),
         "test_dataset": str(gallery_dir),
         "num_query": len(query_records),
@@ -170,19 +217,13 @@ def run_inference(
 ) -> InferenceOutcome:
     """Embed every image; write the reference's JSON, a float32 .npy and a CSV index.
 
-    Embeddings are the model's raw output (not L2-normalised), as in the reference.
+    Embeddings are the model's raw output (not L2-normalised), as in the reference. The model is
+    `inference.checkpoint`, or `inference.onnx_file` run by onnxruntime.
     """
     config = spec.inference
-    checkpoint = ckpt.load_checkpoint(config.checkpoint, "inference.checkpoint")
-    ckpt.check_spec_matches(checkpoint, spec.model, config.checkpoint)
-    device = resolve_device(device, config.gpu_id)
-    model = ckpt.model_from_checkpoint(checkpoint, device)
+    source = feature_source(spec, "inference", device)
     items = inference_records(spec, input_dir)
-    features = (
-        embed_paths(model, checkpoint["architecture"], [r.path for _, r in items], spec, device)
-        .numpy()
-        .astype(np.float32)
-    )
+    features = source.embed([r.path for _, r in items], spec).numpy().astype(np.float32)
     json_file = Path(config.output_file or spec.action_results_dir("inference") / "result.json")
     return write_embeddings(items, features, json_file)
 

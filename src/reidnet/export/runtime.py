@@ -1,0 +1,235 @@
+"""The onnxruntime backend: any [N, 3, H, W] -> [N, D] re-identification graph as a feature
+extractor for evaluate, inference and the Embedder.
+
+The graph's input and output are discovered, not assumed, so third-party ReID models run too.
+Preprocessing comes from reidnet's metadata when the graph carries it, else from the spec (or
+the caller): a graph's fixed input size always wins over the fallback's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from reidnet.data.dataset import ImageDataset
+from reidnet.data.transforms import PIXEL_MEAN, PIXEL_STD, Transform, build_eval_transform
+from reidnet.engine.embed import loader_workers
+from reidnet.errors import ReidnetError
+from reidnet.export.onnx import METADATA_MARKER, OUTPUT_NAME
+
+logger = logging.getLogger(__name__)
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a crop becomes the model's input: resize, scale to [0, 1], normalise (RGB)."""
+
+    height: int
+    width: int
+    pixel_mean: tuple[float, ...] = PIXEL_MEAN
+    pixel_std: tuple[float, ...] = PIXEL_STD
+    source: str = "defaults"
+
+    def transform(self) -> Transform:
+        return build_eval_transform(self.height, self.width, self.pixel_mean, self.pixel_std)
+
+
+def spec_preprocessing(spec) -> Preprocessing:
+    """The fallback for graphs without reidnet metadata: the spec's input size and pixel stats."""
+    return Preprocessing(
+        spec.model.input_height,
+        spec.model.input_width,
+        tuple(spec.dataset.pixel_mean),
+        tuple(spec.dataset.pixel_std),
+        source="spec (model.input_height/input_width, dataset.pixel_mean/pixel_std)",
+    )
+
+
+def onnx_providers(device: str | torch.device | None = None) -> list:
+    """CUDA when asked for (or unspecified) and onnxruntime has it, else the CPU."""
+    import onnxruntime as ort
+
+    device = torch.device(device) if device is not None else None
+    if (device is None or device.type == "cuda") and (
+        "CUDAExecutionProvider" in ort.get_available_providers()
+    ):
+        cuda = ("CUDAExecutionProvider", {"device_id": (device.index or 0) if device else 0})
+        return [cuda, "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxReidModel:
+    """An onnxruntime session over a re-identification graph: float images in, embeddings out."""
+
+    def __init__(
+        self,
+        onnx_file: str | Path,
+        device: str | torch.device | None = None,
+        key: str = "onnx_file",
+    ) -> None:
+        import onnxruntime as ort
+
+        self.onnx_file = Path(onnx_file)
+        if not self.onnx_file.is_file():
+            raise ReidnetError(f"ONNX model {self.onnx_file} does not exist: check {key}")
+        try:
+            self.session = ort.InferenceSession(
+                str(self.onnx_file), providers=onnx_providers(device)
+            )
+        except Exception as error:
+            raise ReidnetError(
+                f"{self.onnx_file} cannot be loaded by onnxruntime ({type(error).__name__}: "
+                f"{error}): check {key} points to an ONNX model"
+            ) from None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._discover_io(key)
+
+    def _discover_io(self, key: str) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shape = inputs[0].shape if len(inputs) == 1 else []
+        channels = shape[1] if len(shape) == 4 else None
+        if len(shape) != 4 or (isinstance(channels, int) and channels != 3):
+            found = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+            raise ReidnetError(
+                f"{self.onnx_file} ({key}) must take one image tensor [N, 3, H, W] (NCHW, RGB); "
+                f"its inputs are {found}"
+            )
+        self.input_name = inputs[0].name
+        self.input_dtype = _NUMPY_TYPES.get(inputs[0].type, np.float32)
+        named = [o for o in outputs if o.name == OUTPUT_NAME]
+        output = (named or outputs)[0]
+        if len(outputs) > 1 and not named:
+            logger.warning(
+                "%s has %d outputs; using the first, %s", self.onnx_file, len(outputs), output.name
+            )
+        self.output_name = output.name
+        batch, _, height, width = shape
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self.fixed_size = (
+            (height, width) if isinstance(height, int) and isinstance(width, int) else None
+        )
+        last = output.shape[-1] if output.shape else None
+        self.feat_dim = last if isinstance(last, int) else None
+
+    @property
+    def has_reidnet_metadata(self) -> bool:
+        return METADATA_MARKER in self.metadata
+
+    def preprocessing(self, fallback: Preprocessing) -> Preprocessing:
+        """reidnet metadata when present; else `fallback`, at the graph's fixed size if any."""
+        if self.has_reidnet_metadata:
+            return self._metadata_preprocessing()
+        height, width = self.fixed_size or (fallback.height, fallback.width)
+        if self.fixed_size and self.fixed_size != (fallback.height, fallback.width):
+            logger.info(
+                "%s takes %dx%d images (its input shape), not %dx%d",
+                self.onnx_file.name,
+                height,
+                width,
+                fallback.height,
+                fallback.width,
+            )
+        return Preprocessing(
+            height, width, tuple(fallback.pixel_mean), tuple(fallback.pixel_std), fallback.source
+        )
+
+    def _metadata_preprocessing(self) -> Preprocessing:
+        try:
+            return Preprocessing(
+                int(self.metadata["input_height"]),
+                int(self.metadata["input_width"]),
+                tuple(float(v) for v in json.loads(self.metadata["pixel_mean"])),
+                tuple(float(v) for v in json.loads(self.metadata["pixel_std"])),
+                source="reidnet metadata",
+            )
+        except (KeyError, ValueError, TypeError) as error:
+            raise ReidnetError(
+                f"{self.onnx_file} carries reidnet metadata but its preprocessing entries are "
+                f"unreadable ({type(error).__name__}: {error}): export it again with "
+                "`reidnet export`"
+            ) from None
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings [N, D] float32 of normalised images [N, 3, H, W]."""
+        images = np.ascontiguousarray(images, dtype=self.input_dtype)
+        step = self.fixed_batch or max(len(images), 1)
+        features = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            missing = step - len(chunk) if self.fixed_batch else 0
+            if missing:  # a graph with a fixed batch size: pad the last chunk, drop the padding
+                chunk = np.concatenate([chunk, np.zeros((missing, *chunk.shape[1:]), chunk.dtype)])
+            (output,) = self.session.run([self.output_name], {self.input_name: chunk})
+            features.append(output.reshape(len(chunk), -1)[: len(chunk) - missing])
+        if not features:
+            return np.zeros((0, self.feat_dim or 0), np.float32)
+        return np.concatenate(features).astype(np.float32, copy=False)
+
+
+def extract_onnx_features(
+    model: OnnxReidModel,
+    paths: Sequence[str | Path],
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int = 128,
+    num_workers: int = 0,
+) -> torch.Tensor:
+    """Embeddings [N, D] (float32, CPU, in the order of `paths`), decoded as evaluation does."""
+    loader = DataLoader(
+        ImageDataset(paths, preprocessing.transform()),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=loader_workers(num_workers),
+    )
+    features = [torch.from_numpy(model.run(images.numpy())) for images, _ in loader]
+    if not features:
+        return torch.empty(0, model.feat_dim or 0)
+    return torch.cat(features)
+
+
+@dataclass
+class OnnxFeatures:
+    """The evaluate/inference feature source for an ONNX model (see engine.actions)."""
+
+    model: OnnxReidModel
+    preprocessing: Preprocessing
+
+    @property
+    def model_file(self) -> str:
+        return str(self.model.onnx_file)
+
+    @classmethod
+    def load(
+        cls, onnx_file: str | Path, spec, device: str | torch.device | None, key: str
+    ) -> OnnxFeatures:
+        model = OnnxReidModel(onnx_file, device, key)
+        preprocessing = model.preprocessing(spec_preprocessing(spec))
+        logger.info(
+            "running %s with onnxruntime (%s); preprocessing from %s: %dx%d, mean %s, std %s",
+            model.onnx_file,
+            model.session.get_providers()[0],
+            preprocessing.source,
+            preprocessing.height,
+            preprocessing.width,
+            list(preprocessing.pixel_mean),
+            list(preprocessing.pixel_std),
+        )
+        return cls(model, preprocessing)
+
+    def embed(self, paths: Sequence[str | Path], spec) -> torch.Tensor:
+        return extract_onnx_features(
+            self.model,
+            paths,
+            self.preprocessing,
+            batch_size=spec.dataset.val_batch_size,
+            num_workers=spec.dataset.num_workers,
+        )
