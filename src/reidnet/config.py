@@ -217,6 +217,30 @@ class TrainConfig(_Section):
     resume_training_checkpoint_path: str | None = None
     grad_clip: float = Field(0.0, ge=0.0, description="Max gradient norm; 0 disables clipping.")
     amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported).")
+    data_pipeline: Literal["auto", "dataloader", "gpu"] = Field(
+        "auto",
+        description="gpu: training images decoded once into a uint8 tensor on the training "
+        "device (pinned host memory when they do not fit) and augmented per sample in batched "
+        "form there; dataloader: PIL decode and per-image transforms in DataLoader workers; "
+        "auto: gpu on CUDA, dataloader on the CPU (gpu on the CPU runs the same tensor code).",
+    )
+    gpu_data_memory_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Largest share of the free GPU memory the decoded images may take "
+        "(data_pipeline gpu); beyond it they stay in pinned host memory.",
+    )
+    compile: bool | None = Field(
+        None,
+        description="torch.compile the training forward; null (auto): on for CUDA, off on the "
+        "CPU. If compilation fails, training continues eagerly with a warning.",
+    )
+    sync_bn: bool = Field(
+        False,
+        description="Multi-GPU (torchrun) runs: BatchNorm statistics over the global batch "
+        "(SyncBatchNorm). GPUs only.",
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig)
 
 
@@ -229,6 +253,9 @@ class EvaluateConfig(_Section):
     gpu_id: int = 0
     num_nodes: int = Field(1, ge=1)
     checkpoint: str | None = None
+    onnx_file: str | None = Field(
+        None, description="Run this ONNX model with onnxruntime instead of a checkpoint."
+    )
     output_sampled_matches_plot: str | None = None
     output_cmc_curve_plot: str | None = None
     test_dataset: str | None = None
@@ -252,18 +279,26 @@ class InferenceConfig(_Section):
     gpu_id: int = 0
     num_nodes: int = Field(1, ge=1)
     checkpoint: str | None = None
+    onnx_file: str | None = Field(
+        None, description="Run this ONNX model with onnxruntime instead of a checkpoint."
+    )
     output_file: str | None = None
     test_dataset: str | None = None
     query_dataset: str | None = None
 
 
 class ExportConfig(_Section):
-    """`export`: ONNX export."""
+    """`export`: ONNX export and the DeepStream / TensorRT files beside it."""
 
     results_dir: str | None = None
     gpu_id: int = 0
     checkpoint: str | None = None
-    onnx_file: str | None = None
+    onnx_file: str | None = Field(
+        None, description="ONNX file to write (default <results_dir>/export/reid_model.onnx)."
+    )
+    opset_version: int = Field(
+        17, ge=17, le=20, description="ONNX opset; 17 loads in TensorRT 8.6+ (DeepStream 6.3+)."
+    )
 
 
 class WandBConfig(_Section):

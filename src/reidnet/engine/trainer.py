@@ -3,6 +3,14 @@
 One `TrainingRun` owns the data, model, losses, optimizers and schedule of a spec. Each epoch's
 randomness (sampling order, augmentation) is seeded from (seed, epoch), so a run resumed from a
 checkpoint continues exactly as the uninterrupted run would have on the CPU.
+
+Batches come from one of two sources and the loop is the same for both: the gpu pipeline (images
+decoded once, held on the device, augmented there in batched form) or a DataLoader of per-image
+transforms. On CUDA the step runs under bf16 autocast, channels_last, a fused optimizer and
+torch.compile, and nothing in the loop waits on the GPU: losses add up on the device and are read
+once per epoch (and every few steps for a progress bar on a terminal). Under torchrun the model
+is wrapped in DDP, each rank takes its own share of the epoch's P x K batches, and rank 0 alone
+writes checkpoints, metrics, logs and status.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import random
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +32,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from reidnet.config import ExperimentSpec
+from reidnet.data import gpu
 from reidnet.data.dataset import ImageDataset
 from reidnet.data.market import ImageRecord, build_train_set, read_records
 from reidnet.data.sampler import RandomIdentitySampler
 from reidnet.data.transforms import build_train_transform
 from reidnet.data.validate import validate_dataset
 from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.embed import autocast_for, extract_features, loader_workers, resolve_device
+from reidnet.engine import distributed
+from reidnet.engine.embed import autocast_for, extract_features, loader_workers
 from reidnet.engine.optim import EpochSchedule, build_optimizer
 from reidnet.engine.retrieval import score_retrieval
 from reidnet.errors import ReidnetError
@@ -38,6 +48,14 @@ from reidnet.losses import ReidLoss
 from reidnet.model import ReIdentificationNet
 
 logger = logging.getLogger(__name__)
+
+# Steps between reads of the loss for a terminal's progress bar (each read waits for the GPU),
+# and between the ranks' agreements on a stop request under torchrun.
+PROGRESS_EVERY = 20
+STOP_CHECK_EVERY = 10
+# On CUDA validation embeds at least this many images per forward: eval keeps no activations
+# for a backward pass, so large batches cost little memory and keep the GPU busy.
+CUDA_EVAL_BATCH = 512
 
 
 class TrainingInterrupted(ReidnetError):
@@ -62,8 +80,16 @@ class TrainResult:
 
 
 def train(spec: ExperimentSpec, device: str | torch.device | None = None) -> TrainResult:
-    """Train (or resume, or fine-tune) the model a spec describes; see `TrainingRun`."""
-    return TrainingRun(spec, device).fit()
+    """Train (or resume, or fine-tune) the model a spec describes; see `TrainingRun`.
+
+    Under torchrun every process calls this; the process group is joined when the run is built
+    and left at the end.
+    """
+    run = TrainingRun(spec, device)
+    try:
+        return run.fit()
+    finally:
+        run.close()
 
 
 def architecture_of(spec: ExperimentSpec) -> dict[str, Any]:
@@ -94,7 +120,18 @@ class TrainingRun:
     def __init__(self, spec: ExperimentSpec, device: str | torch.device | None = None):
         self.spec = spec
         self.results_dir = spec.action_results_dir("train")
-        self.device = resolve_device(device, spec.train.gpu_ids[0])
+        self.dist = distributed.torchrun_context()
+        self.device = distributed.process_device(self.dist, spec.train.gpu_ids, device)
+        self._started_process_group = distributed.start(self.dist, self.device)
+        self._check_launch()
+        if self.device.type == "cuda":
+            # Fixed shapes: cuDNN's autotuner pays off after the first step. fp32 matmuls
+            # outside autocast (the loss's distance matrix) may use TF32.
+            torch.backends.cudnn.benchmark = True
+            torch.set_float32_matmul_precision("high")
+        self.pipeline = self._resolve_pipeline()
+        self._train_images: gpu.DecodedImages | None = None
+        self._eval_images: gpu.DecodedImages | None = None
         self.stop_signal: int | None = None
         self.history: list[dict[str, Any]] = []
         self.start_epoch, self.skip_steps = 0, 0
@@ -115,8 +152,43 @@ class TrainingRun:
         self.query_records, self.gallery_records = self._eval_records()
         if previous is not None:
             self._restore(previous, resume_from)
+        self._prepare_training_forward()
+
+    def close(self) -> None:
+        """Leave the process group if this run joined it (torchrun)."""
+        if self._started_process_group:
+            distributed.stop()
+            self._started_process_group = False
 
     # -- construction ------------------------------------------------------------------------
+
+    def _check_launch(self) -> None:
+        train = self.spec.train
+        if train.num_gpus > 1 and not self.dist.enabled:
+            logger.warning(
+                "train.num_gpus is %d but this process was not started by torchrun: training "
+                "on %s alone. Use `reidnet train` (it launches torchrun when num_gpus > 1) or "
+                "`torchrun --nproc_per_node %d -m reidnet train -e SPEC`",
+                train.num_gpus,
+                self.device,
+                train.num_gpus,
+            )
+        if self.dist.enabled and self.dist.is_main:
+            logger.info(
+                "distributed training: %d processes (%d per node), %s backend; "
+                "dataset.batch_size %d per process, global batch %d",
+                self.dist.world_size,
+                self.dist.local_world_size,
+                "nccl" if self.device.type == "cuda" else "gloo",
+                self.spec.dataset.batch_size,
+                self.spec.dataset.batch_size * self.dist.world_size,
+            )
+
+    def _resolve_pipeline(self) -> str:
+        choice = self.spec.train.data_pipeline
+        if choice == "auto":
+            return "gpu" if self.device.type == "cuda" else "dataloader"
+        return choice
 
     def _check_data(self) -> None:
         data = self.spec.dataset
@@ -161,6 +233,7 @@ class TrainingRun:
         ).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._convert_sync_bn()
         optim = spec.train.optim
         self.criterion = ReidLoss(
             num_classes,
@@ -174,6 +247,40 @@ class TrainingRun:
             id_loss_weight=model.id_loss_weight,
             triplet_loss_weight=model.triplet_loss_weight,
         ).to(self.device)
+
+    def _convert_sync_bn(self) -> None:
+        if not self.spec.train.sync_bn:
+            return
+        if not self.dist.enabled:
+            logger.info("train.sync_bn has no effect in a single process")
+        elif self.device.type != "cuda":
+            logger.warning("train.sync_bn needs GPUs (SyncBatchNorm has no CPU kernel): ignored")
+        else:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
+    def _prepare_training_forward(self) -> None:
+        """DDP under torchrun, then torch.compile when on (`_step` falls back to eager if the
+        first compiled step fails). `self.model` stays the plain module: evaluation and
+        checkpoints use it."""
+        model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # Without an identity loss the classifier gets no gradient.
+                find_unused_parameters=self.criterion.id_loss is None,
+                gradient_as_bucket_view=True,
+            )
+        self.eager_forward = self.train_forward = model
+        self._compiled_step_done = False
+        compile_on = self.spec.train.compile
+        if compile_on is None:
+            compile_on = self.device.type == "cuda"
+        if compile_on:
+            self.train_forward = torch.compile(model, dynamic=False)
+        self._stop_group = distributed.control_group(self.device) if self.dist.enabled else None
 
     def _build_optimizers(self) -> None:
         optim = self.spec.train.optim
@@ -249,13 +356,15 @@ class TrainingRun:
 
     def fit(self) -> TrainResult:
         spec = self.spec.train
-        self.results_dir.mkdir(parents=True, exist_ok=True)
-        self._log_start()
+        if self.dist.is_main:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+            self._log_start()
         last_checkpoint = None
-        with _stop_on_signals(self), _tensorboard(self.results_dir) as writer:
+        board = _tensorboard(self.results_dir) if self.dist.is_main else nullcontext()
+        with _stop_on_signals(self), board as writer:
             self.writer = writer
             for epoch in range(self.start_epoch, spec.num_epochs):
-                record, completed = self._run_epoch(epoch)
+                record, completed = self.run_epoch(epoch)
                 if not completed:
                     last_checkpoint = self._save(epoch, step_in_epoch=record["steps"])
                     self._write_status("interrupted", epoch, record, last_checkpoint)
@@ -282,53 +391,126 @@ class TrainingRun:
             self.history,
         )
 
-    def _run_epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
-        """One epoch; returns its record and whether it ran to the end (no stop signal)."""
+    def run_epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
+        """One epoch (what `fit` repeats; benchmarks time it): its record, and whether it ran to
+        the end (no stop signal)."""
         self.model.train()
         lr = self.schedule.apply(self.optimizer, epoch)
-        seed = self.spec.train.seed
-        if seed >= 0:
-            seed_everything(seed * 1009 + epoch)
+        self._seed_epoch(epoch)
         batches = self._epoch_batches(epoch)
         skip, self.skip_steps = self.skip_steps, 0
-        loader = self._loader(batches[skip:])
+        source = self._batch_source(batches, skip)
         totals: dict[str, torch.Tensor] = {}
         images_seen, start = 0, time.perf_counter()
         step = skip
         with self._progress(epoch, len(batches), skip) as advance:
-            for images, labels in loader:
+            for images, labels in source:
                 terms = self._step(images, labels)
                 for name, value in terms.items():
                     totals[name] = totals.get(name, 0) + value.detach()
                 step += 1
-                images_seen += labels.numel()
+                images_seen += labels.numel() * self.dist.world_size
                 advance(step, terms, lr, images_seen / max(time.perf_counter() - start, 1e-9))
-                if self.stop_signal is not None:
+                if self._stop_requested(step, len(batches)):
                     break
+        means = self._epoch_means(totals, max(1, step - skip))  # waits for the GPU
         elapsed = time.perf_counter() - start
-        count = max(1, step - skip)
         record = {
             "epoch": epoch + 1,
             "steps": step,
             "lr": lr,
             "images_per_second": images_seen / max(elapsed, 1e-9),
             "seconds": elapsed,
-            **{
-                f"loss_{k}" if k != "accuracy" else "train_accuracy": float(v) / count
-                for k, v in totals.items()
-            },
+            **{f"loss_{k}" if k != "accuracy" else "train_accuracy": v for k, v in means.items()},
         }
         return record, step == len(batches)
+
+    def _seed_epoch(self, epoch: int) -> None:
+        seed = self.spec.train.seed
+        if seed < 0:
+            return
+        epoch_seed = seed * 1009 + epoch
+        if self.dist.rank:  # the other ranks draw their own augmentations
+            sequence = np.random.SeedSequence([epoch_seed, self.dist.rank])
+            epoch_seed = int(sequence.generate_state(1)[0])
+        seed_everything(epoch_seed)
+
+    def _epoch_means(self, totals: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+        """Per-step means of the summed terms, averaged over the ranks: one read from the GPU."""
+        if not totals:
+            return {}
+        names = list(totals)
+        means = torch.stack([totals[name].float() for name in names]) / steps
+        if self.dist.enabled:
+            distributed.average_(means)
+        return dict(zip(names, means.tolist(), strict=True))
+
+    def _stop_requested(self, step: int, total: int) -> bool:
+        """A stop signal arrived. Under torchrun the ranks agree every few steps and at the end
+        of the epoch, so all leave at the same step and no collective is left waiting."""
+        if not self.dist.enabled:
+            return self.stop_signal is not None
+        if step % STOP_CHECK_EVERY and step != total:
+            return False
+        if distributed.any_rank(self.stop_signal is not None, self._stop_group):
+            self.stop_signal = self.stop_signal or signal.SIGTERM
+            return True
+        return False
+
+    def _batch_source(self, batches: list[list[int]], skip: int):
+        """The epoch's (images, labels) batches from step `skip` on."""
+        if self.pipeline != "gpu":
+            return self._loader(batches[skip:])
+        # Drawn from the epoch-seeded generator: a resumed run augments each step as before.
+        augment_seed = int(torch.randint(0, 2**62, ()).item())
+        return gpu.DeviceBatches(
+            self._train_store(), self._train_labels, batches, self._augment, augment_seed, skip
+        )
+
+    def _train_store(self) -> gpu.DecodedImages:
+        """The decoded training images, decoded at the first epoch of the gpu pipeline."""
+        if self._train_images is None:
+            data, model = self.spec.dataset, self.spec.model
+            self._train_images = gpu.load_decoded(
+                [r.path for r in self.train_set.records],
+                model.input_height,
+                model.input_width,
+                self.device,
+                memory_share=self.spec.train.gpu_data_memory_share,
+                workers=_decode_threads(),
+                verbose=self.dist.is_main,
+            )
+            self._train_labels = torch.tensor(self.train_set.labels).to(self.device)
+            self._augment = gpu.BatchAugment(
+                model.input_height,
+                model.input_width,
+                data.pixel_mean,
+                data.pixel_std,
+                flip_prob=data.prob,
+                padding=data.padding,
+                re_prob=data.re_prob,
+            )
+        return self._train_images
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         data = self.spec.dataset
         labels = self.train_set.labels
+        world, rank = self.dist.world_size, self.dist.rank
         if data.sampler == "softmax":
-            order = torch.randperm(len(labels)).tolist()
+            # The same order on every rank (each takes its own share), whatever their seeds.
+            shuffle = torch.Generator().manual_seed(max(self.spec.train.seed, 0) * 1009 + epoch)
+            order = torch.randperm(len(labels), generator=shuffle).tolist()
             size = data.batch_size
-            return [order[i : i + size] for i in range(0, len(order) - size + 1, size)] or [order]
+            batches = [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
+            batches = batches or [order]
+            return batches[rank::world][: max(1, len(batches) // world)]
         sampler = RandomIdentitySampler(
-            labels, data.batch_size, data.num_instances, seed=max(self.spec.train.seed, 0)
+            labels,
+            data.batch_size,
+            data.num_instances,
+            seed=max(self.spec.train.seed, 0),
+            num_replicas=world,
+            rank=rank,
         )
         sampler.set_epoch(epoch)
         return sampler.batches()
@@ -362,53 +544,130 @@ class TrainingRun:
         labels = labels.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_for(self.device, self.spec.train.amp):
-            cls_score, global_feat = self.model(images)
-            terms = self.criterion(cls_score.float(), global_feat.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.center_optimizer is not None:
-            self.center_optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["total"]).backward()
+        cls_score, terms = self._forward_backward(images, labels)
         if self.spec.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
         self.scaler.step(self.optimizer)
         if self.center_optimizer is not None:
             self.scaler.unscale_(self.center_optimizer)
+            centers = list(self.criterion.center_loss.parameters())
+            if self.dist.enabled:  # DDP averages the model's gradients, not these
+                distributed.average_gradients(centers)
             # The center loss enters the total scaled by its weight; its centers learn with
             # center_lr on the unweighted gradient, as in the strong baseline.
-            for parameter in self.criterion.center_loss.parameters():
+            for parameter in centers:
                 parameter.grad.mul_(1.0 / self.spec.train.optim.center_loss_weight)
             self.scaler.step(self.center_optimizer)
         self.scaler.update()
         terms["accuracy"] = (cls_score.detach().argmax(1) == labels).float().mean()
         return terms
 
+    def _forward_backward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss terms and gradients of one batch; the first compiled step falls back to eager
+        on any compilation error (no compiler, unsupported backend...)."""
+        if self.train_forward is self.eager_forward or self._compiled_step_done:
+            return self._losses_and_gradients(self.train_forward, images, labels)
+        try:
+            result = self._losses_and_gradients(self.train_forward, images, labels)
+        except Exception as error:
+            logger.warning(
+                "torch.compile failed (%s: %s); training continues without compilation "
+                "(train.compile=false skips the attempt)",
+                type(error).__name__,
+                str(error).strip().splitlines()[0] if str(error).strip() else "",
+            )
+            self.train_forward = self.eager_forward
+            return self._losses_and_gradients(self.train_forward, images, labels)
+        self._compiled_step_done = True
+        return result
+
+    def _losses_and_gradients(self, forward, images, labels):
+        with autocast_for(self.device, self.spec.train.amp):
+            cls_score, global_feat = forward(images)
+            terms = self.criterion(cls_score.float(), global_feat.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.center_optimizer is not None:
+            self.center_optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["total"]).backward()
+        return cls_score, terms
+
     def validate(self) -> dict[str, Any]:
-        """Retrieval metrics on the spec's query/gallery with the current weights."""
+        """Retrieval metrics on the spec's query/gallery with the current weights.
+
+        Under torchrun every rank embeds its share of the images and rank 0 scores them all;
+        every rank returns the metrics.
+        """
+        if self.dist.enabled:
+            distributed.broadcast_buffers(self.model)  # every rank embeds with rank 0's BN stats
+        records = self.query_records + self.gallery_records
+        positions = distributed.shard(len(records), self.dist)
+        features = self._eval_features([records[i].path for i in positions])
+        if self.dist.enabled:
+            features = distributed.gather_shards(features, len(records), self.dist, self.device)
+        metrics = None
+        if self.dist.is_main:
+            count = len(self.query_records)
+            score = score_retrieval(
+                features[:count],
+                features[count:],
+                self.query_records,
+                self.gallery_records,
+                self.spec,
+            )
+            metrics = score.metrics
+        if self.dist.enabled:
+            metrics = distributed.broadcast_object(metrics, self.dist)
+        return metrics
+
+    def _eval_features(self, paths: list[Path]) -> torch.Tensor:
+        """Eval embeddings of `paths`: decoded once and kept (gpu pipeline) or read each time."""
         model, data = self.spec.model, self.spec.dataset
-        paths = [r.path for r in self.query_records + self.gallery_records]
-        features = extract_features(
+        batch_size = data.val_batch_size
+        if self.device.type == "cuda":
+            batch_size = max(batch_size, CUDA_EVAL_BATCH)
+        if self.pipeline == "gpu":
+            if self._eval_images is None:
+                self._eval_images = gpu.load_decoded(
+                    paths,
+                    model.input_height,
+                    model.input_width,
+                    self.device,
+                    memory_share=self.spec.train.gpu_data_memory_share,
+                    workers=_decode_threads(),
+                    what="query and gallery images",
+                    verbose=self.dist.is_main,
+                )
+            return gpu.embed_decoded(
+                self.model,
+                self._eval_images,
+                gpu.Normalize(data.pixel_mean, data.pixel_std),
+                batch_size,
+                lambda: autocast_for(self.device, self.spec.train.amp),
+            )
+        return extract_features(
             self.model,
             paths,
             height=model.input_height,
             width=model.input_width,
             pixel_mean=data.pixel_mean,
             pixel_std=data.pixel_std,
-            batch_size=data.val_batch_size,
+            batch_size=batch_size,
             num_workers=data.num_workers,
             device=self.device,
             amp=self.spec.train.amp,
         )
-        count = len(self.query_records)
-        score = score_retrieval(
-            features[:count], features[count:], self.query_records, self.gallery_records, self.spec
-        )
-        return score.metrics
 
     # -- checkpoints, logs, status -----------------------------------------------------------
 
     def _save(self, epoch: int, step_in_epoch: int = 0) -> Path:
+        """Write a checkpoint (rank 0 only); every rank returns its path."""
+        latest = self.results_dir / ckpt.LATEST_NAME
+        path = latest if step_in_epoch else self.results_dir / ckpt.epoch_checkpoint_name(epoch)
+        if not self.dist.is_main:
+            return path
         payload = ckpt.checkpoint_header(
             epoch=epoch,
             spec_dict=self.spec.model_dump(mode="json"),
@@ -427,10 +686,9 @@ class TrainingRun:
         if self.criterion.center_loss is not None:
             payload["center_loss"] = self.criterion.center_loss.state_dict()
             payload["center_optimizer"] = self.center_optimizer.state_dict()
-        latest = self.results_dir / ckpt.LATEST_NAME
         if step_in_epoch:
             return ckpt.atomic_torch_save(payload, latest)
-        path = ckpt.atomic_torch_save(payload, self.results_dir / ckpt.epoch_checkpoint_name(epoch))
+        ckpt.atomic_torch_save(payload, path)
         _atomic_link(path, latest)
         logger.info("checkpoint %s", path)
         return path
@@ -451,7 +709,7 @@ class TrainingRun:
         data, train_set = self.spec.dataset, self.train_set
         logger.info(
             "training %s (feat_dim %d) on %s: %d images, %d identities, %d epochs from epoch %d, "
-            "batch %d (%d ids x %d)",
+            "batch %d (%d ids x %d), %s data pipeline",
             self.spec.model.backbone,
             self.spec.model.feat_dim,
             self.device,
@@ -462,9 +720,12 @@ class TrainingRun:
             data.batch_size,
             data.batch_size // data.num_instances,
             data.num_instances,
+            self.pipeline,
         )
 
     def _log_epoch(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in record.items() if k.startswith("loss_"))
         line = (
             f"epoch {record['epoch']}/{self.spec.train.num_epochs} {losses} "
@@ -487,6 +748,8 @@ class TrainingRun:
             self.writer.flush()
 
     def _write_status(self, state: str, epoch: int, record: dict, checkpoint: Path | None):
+        if not self.dist.is_main:
+            return
         total = self.spec.train.num_epochs
         seconds = record.get("seconds", 0.0)
         status = {
@@ -512,7 +775,7 @@ class TrainingRun:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         console = Console(stderr=True)
-        if not console.is_terminal:
+        if not console.is_terminal or not self.dist.is_main:
             yield lambda *args: None
             return
         progress = Progress(
@@ -527,12 +790,16 @@ class TrainingRun:
         task = progress.add_task("train", total=total_steps, completed=done, info="")
 
         def advance(step, terms, lr, rate):
-            if step % 5 == 0 or step == total_steps:
+            if step % PROGRESS_EVERY == 0 or step == total_steps:  # reading the loss waits
                 info = f"loss {float(terms['total']):.3f} lr {lr:.1e} {rate:.0f} img/s"
                 progress.update(task, completed=step, info=info)
 
         with progress:
             yield advance
+
+
+def _decode_threads() -> int:
+    return max(1, min(16, os.cpu_count() or 1))
 
 
 def _seed_worker(worker_id: int) -> None:
