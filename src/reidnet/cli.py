@@ -34,6 +34,8 @@ spec_app = typer.Typer(help="Inspect experiment specs.", no_args_is_help=True)
 dataset_app = typer.Typer(help="Validate, describe and generate datasets.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 app.add_typer(dataset_app, name="dataset")
+users_app = typer.Typer(help="Users of the fine-tuning service.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 SpecOption = Annotated[
     Path, typer.Option("--experiment-spec", "-e", help="Experiment spec YAML (TAO format).")
@@ -101,11 +103,26 @@ def spec_schema() -> None:
 
 @app.command("train")
 def train_command(spec: SpecOption, overrides: Overrides = None) -> None:
-    """Train or fine-tune from a spec; resumes from results_dir's latest checkpoint."""
+    """Train or fine-tune from a spec; resumes from results_dir's latest checkpoint.
+
+    With train.num_gpus > 1 on one machine it starts torchrun with one process per GPU; under
+    torchrun (`torchrun --nproc_per_node N [--nnodes M ...] -m reidnet train -e SPEC`) every
+    process trains its share with DDP and rank 0 writes the outputs.
+    """
     from reidnet.config import load_spec
+    from reidnet.engine import distributed
     from reidnet.engine.trainer import train
 
-    result = train(load_spec(spec, overrides or []))
+    loaded = load_spec(spec, overrides or [])
+    command = distributed.torchrun_relaunch(
+        loaded.train.num_gpus, loaded.train.num_nodes, sys.argv[1:]
+    )
+    if command is not None:
+        error_console.print(f"launching {loaded.train.num_gpus} processes with torchrun")
+        os.execv(command[0], command)
+    result = train(loaded)
+    if not distributed.torchrun_context().is_main:
+        return
     console.print(f"checkpoint: {result.last_checkpoint}")
     if result.final_metrics:
         _print_metrics(result.final_metrics, "validation")
@@ -113,7 +130,7 @@ def train_command(spec: SpecOption, overrides: Overrides = None) -> None:
 
 @app.command("evaluate")
 def evaluate_command(spec: SpecOption, overrides: Overrides = None) -> None:
-    """mAP, rank-1/5/10 and mINP of evaluate.checkpoint on query/gallery, plus plots."""
+    """mAP, rank-1/5/10, mINP of evaluate.checkpoint or .onnx_file on query/gallery, plus plots."""
     from reidnet.config import load_spec
     from reidnet.engine.actions import evaluate
 
@@ -140,6 +157,25 @@ def inference_command(
     console.print(
         f"{outcome.count} embeddings: {outcome.json_file}, {outcome.npy_file}, {outcome.index_file}"
     )
+
+
+@app.command("export")
+def export_command(
+    spec: SpecOption,
+    overrides: Overrides = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing ONNX file and deployment files.")
+    ] = False,
+) -> None:
+    """ONNX model of export.checkpoint (parity-checked) plus DeepStream and TensorRT files."""
+    from reidnet.config import load_spec
+    from reidnet.export import run_export
+
+    outcome = run_export(load_spec(spec, overrides or []), force=force)
+    lines = [f"parity: {outcome.parity.describe()}", f"onnx: {outcome.onnx_file}"]
+    lines += [f"{name}: {path}" for name, path in outcome.deployment_files.items()]
+    for line in lines:  # soft-wrapped: paths stay whole for copy and paste
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command("quickstart")
@@ -368,6 +404,86 @@ def dataset_synth(
         )
     elapsed = time.perf_counter() - start
     console.print(f"wrote {summary.images} images to {out} in {elapsed:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------------
+# The fine-tuning service
+
+DataDirOption = Annotated[
+    Path, typer.Option("--data-dir", help="Folder for the database, datasets and job folders.")
+]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy URL (e.g. postgresql+psycopg://...); default SQLite in --data-dir.",
+    ),
+]
+
+
+@app.command("serve")
+def serve_command(
+    data_dir: DataDirOption,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_jobs: Annotated[int, typer.Option(min=1, help="Jobs running at once; more queue.")] = 1,
+    database_url: DatabaseOption = None,
+    max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest dataset upload.")] = 20480,
+    max_dataset_mb: Annotated[
+        int, typer.Option(min=1, help="Largest unpacked size of a dataset archive.")
+    ] = 51200,
+    max_dataset_files: Annotated[
+        int, typer.Option(min=1, help="Most entries in a dataset archive.")
+    ] = 1_000_000,
+    cancel_grace: Annotated[
+        float, typer.Option(min=0, help="Seconds a canceled job may take to checkpoint.")
+    ] = 60.0,
+) -> None:
+    """Run the fine-tuning REST API (docs at /docs); jobs run as child processes."""
+    import uvicorn
+
+    from reidnet.service.app import create_app
+    from reidnet.service.settings import MIB, ServiceSettings
+
+    settings = ServiceSettings(
+        data_dir=data_dir,
+        database_url=database_url,
+        max_jobs=max_jobs,
+        max_upload_bytes=max_upload_mb * MIB,
+        max_dataset_bytes=max_dataset_mb * MIB,
+        max_dataset_files=max_dataset_files,
+        cancel_grace_seconds=cancel_grace,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger(__name__).warning(
+            "listening on %s: API keys travel in clear text unless a TLS proxy is in front", host
+        )
+    # Open log streams (?follow=true) would hold a graceful shutdown until their job ends, and
+    # jobs are only stopped once the connections are closed: give connections 5 s.
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+    )
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ @ -).")],
+    data_dir: DataDirOption,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Add a user; the new API key is printed once, as the last line (only its hash is kept)."""
+    from reidnet.service.auth import create_user
+    from reidnet.service.db import Database
+    from reidnet.service.settings import ServiceSettings
+
+    settings = ServiceSettings(data_dir=data_dir, database_url=database_url)
+    settings.make_folders()
+    database = Database(settings.url)
+    database.create_all()
+    user, key = create_user(database, name)
+    database.dispose()
+    console.print(f"created user {user.name!r}; API key (shown only now):", highlight=False)
+    print(key)
 
 
 def main() -> None:

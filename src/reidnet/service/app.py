@@ -1,0 +1,136 @@
+"""The FastAPI app of `reidnet serve`: routers, error handling, and the background workers.
+
+`create_app(settings)` opens the database, and its lifespan starts the job scheduler (after
+stopping jobs a previous server process left running) and the dataset worker, and stops both on
+shutdown. Every error a client can cause is answered 4xx with a `detail` that says what to fix;
+anything else is a logged 500 whose detail reveals nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from reidnet import __version__
+from reidnet.errors import ReidnetError
+from reidnet.service import schemas
+from reidnet.service.datasets import DatasetProcessor
+from reidnet.service.db import Database
+from reidnet.service.deps import ServiceState
+from reidnet.service.errors import ServiceError
+from reidnet.service.jobs import JobManager
+from reidnet.service.routers import datasets, experiments, jobs
+from reidnet.service.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+JSON_BODY_LIMIT = 1024 * 1024  # every request but the dataset upload is a small JSON document
+UPLOAD_PATH = "/api/v1/datasets"
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    settings.make_folders()
+    database = Database(settings.url)
+    database.create_all()
+    state = ServiceState(
+        settings=settings,
+        database=database,
+        jobs=JobManager(database, settings),
+        datasets=DatasetProcessor(database, settings),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await run_in_threadpool(state.jobs.start)
+        await run_in_threadpool(state.datasets.recover)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(state.jobs.stop)
+            await run_in_threadpool(state.datasets.shutdown)
+            database.dispose()
+
+    app = FastAPI(
+        title="reidnet fine-tuning service",
+        version=__version__,
+        description="Upload datasets, then run train, evaluate, inference and export jobs of "
+        "re-identification models. Every endpoint but /api/v1/health and the docs needs "
+        "'Authorization: Bearer <key>' (keys come from `reidnet users create`).",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.include_router(datasets.router)
+    app.include_router(experiments.router)
+    app.include_router(jobs.router)
+
+    @app.get("/api/v1/health", response_model=schemas.Health, tags=["service"])
+    def health() -> schemas.Health:
+        """Liveness; needs no API key."""
+        return schemas.Health(version=__version__)
+
+    _add_error_handlers(app)
+    _add_body_limit(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, error: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=error.status_code)
+
+    @app.exception_handler(ReidnetError)
+    async def user_error(_request: Request, error: ReidnetError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = error.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            message = next(p for p in problems if p.get("type") == "json_invalid")
+            detail = f"the request body is not valid JSON: {message.get('ctx', {}).get('error')}"
+            return JSONResponse({"detail": detail}, status_code=400)
+        lines = [_describe(p) for p in problems]
+        return JSONResponse(
+            {"detail": "; ".join(lines), "errors": _jsonable(problems)}, status_code=422
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error (see the server log)"}, 500)
+
+
+def _describe(problem: dict) -> str:
+    where = ".".join(str(part) for part in problem.get("loc", ()))
+    got = problem.get("input")
+    shown = "" if problem.get("type") == "missing" else f" (got {got!r:.80})"
+    return f"{where}: {problem.get('msg')}{shown}"
+
+
+def _jsonable(problems: list[dict]) -> list[dict]:
+    return [
+        {"loc": list(p.get("loc", ())), "msg": p.get("msg"), "type": p.get("type")}
+        for p in problems
+    ]
+
+
+def _add_body_limit(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def limit_json_bodies(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if (
+            request.url.path != UPLOAD_PATH
+            and length is not None
+            and length.isdigit()
+            and int(length) > JSON_BODY_LIMIT
+        ):
+            return JSONResponse(
+                {"detail": f"request body over {JSON_BODY_LIMIT} bytes: specs are small JSON"},
+                status_code=413,
+            )
+        return await call_next(request)

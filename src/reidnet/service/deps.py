@@ -1,0 +1,52 @@
+"""FastAPI dependencies: the service's state, a database session per request, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from reidnet.service.auth import Caller, caller_for_key
+from reidnet.service.datasets import DatasetProcessor
+from reidnet.service.db import Database
+from reidnet.service.jobs import JobManager
+from reidnet.service.settings import ServiceSettings
+
+
+@dataclass
+class ServiceState:
+    settings: ServiceSettings
+    database: Database
+    jobs: JobManager
+    datasets: DatasetProcessor
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def get_session(state: ServiceState = Depends(get_state)) -> Iterator[Session]:
+    with state.database.session() as session:
+        yield session
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `reidnet users create`.")
+
+
+def current_caller(
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    session: Session = Depends(get_session),
+) -> Caller:
+    """The user whose API key the request carries, or 401."""
+    caller = caller_for_key(session, credentials.credentials) if credentials else None
+    if caller is None:
+        raise HTTPException(
+            401,
+            detail="missing or unknown API key: send the header 'Authorization: Bearer <key>' "
+            "with a key from `reidnet users create`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return caller

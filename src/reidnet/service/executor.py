@@ -1,0 +1,205 @@
+"""Executors start, watch and stop job processes; the job manager decides what runs when.
+
+`LocalProcessExecutor` runs each job as a child process on this machine. A distributed executor (a
+cluster queue, Kubernetes) implements the same four methods, and nothing in the API changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What an executor needs to start one job."""
+
+    job_id: str
+    action: str
+    job_dir: Path
+    spec_file: Path
+    log_file: Path
+    options: tuple[str, ...] = ()
+
+
+class JobExecutor(ABC):
+    """Starts, watches and stops job processes; a handle is JSON stored with the job."""
+
+    @abstractmethod
+    def launch(self, launch: Launch) -> dict[str, Any]:
+        """Start the job; return its handle."""
+
+    @abstractmethod
+    def poll(self, handle: dict[str, Any]) -> int | None:
+        """The exit status once the job has ended (negative: killed by that signal), else None."""
+
+    @abstractmethod
+    def stop(self, handle: dict[str, Any], grace_seconds: float) -> None:
+        """Ask the job to stop (a train job checkpoints first); force it after the grace period.
+
+        Returns at once; `poll` reports the end.
+        """
+
+    @abstractmethod
+    def reap_orphan(self, handle: dict[str, Any], job_dir: Path, grace_seconds: float) -> None:
+        """End a job a previous server process started, if it still runs; blocks until it has."""
+
+
+class LocalProcessExecutor(JobExecutor):
+    """Each job is a child process in a new session (its own process group) on this machine.
+
+    Stopping sends SIGTERM to the job's main process only: the trainer then finishes its step and
+    writes a checkpoint, while data-loader workers, had they received the signal too, would die
+    under it and make the step fail. Once the main process has exited, or the grace period has
+    passed, the whole group is killed, so no worker outlives its job.
+    """
+
+    def __init__(self) -> None:
+        self._processes: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def launch(self, launch: Launch) -> dict[str, Any]:
+        command = [sys.executable, "-m", "reidnet", launch.action, "-e", str(launch.spec_file)]
+        command += launch.options
+        # The log is a file: plain text (no colours or progress bars even if the server was
+        # started from a terminal that forces them), lines wide enough not to wrap.
+        env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE")}
+        env.update(
+            PYTHONUNBUFFERED="1",
+            NO_COLOR="1",
+            TERM="dumb",
+            COLUMNS="160",
+            REIDNET_JOB_ID=launch.job_id,
+        )
+        with open(launch.log_file, "ab") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=launch.job_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        with self._lock:
+            self._processes[process.pid] = process
+        return {"executor": "local", "host": socket.gethostname(), "pid": process.pid}
+
+    def poll(self, handle: dict[str, Any]) -> int | None:
+        pid = handle["pid"]
+        with self._lock:
+            process = self._processes.get(pid)
+        if process is None:  # not started by this server process: see reap_orphan
+            return None if _alive(pid) else -signal.SIGKILL
+        code = process.poll()
+        if code is not None:
+            with self._lock:
+                self._processes.pop(pid, None)
+            _kill_group(pid)  # workers that outlived the main process
+        return code
+
+    def stop(self, handle: dict[str, Any], grace_seconds: float) -> None:
+        pid = handle["pid"]
+        with self._lock:
+            process = self._processes.get(pid)
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        timer = threading.Timer(grace_seconds, self._force_stop, args=(process,))
+        timer.daemon = True
+        timer.start()
+
+    @staticmethod
+    def _force_stop(process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            logger.warning("job process %d ignored SIGTERM: killing its group", process.pid)
+            _kill_group(process.pid)
+
+    def reap_orphan(self, handle: dict[str, Any], job_dir: Path, grace_seconds: float) -> None:
+        leader = handle.get("pid")
+        if not leader or handle.get("host") != socket.gethostname():
+            return
+        members = _job_processes(leader, str(job_dir))
+        if not members:
+            return
+        logger.warning("stopping job process group %d left by the previous server", leader)
+        if leader in members:
+            _signal(leader, signal.SIGTERM)  # the trainer checkpoints before it exits
+        deadline = time.monotonic() + grace_seconds
+        while members and time.monotonic() < deadline:
+            time.sleep(0.2)
+            members = _job_processes(leader, str(job_dir))
+        for pid in members:
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    state = _proc_stat(pid)
+    return state is None or state[0] != "Z"
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, process group) from /proc, or None where there is no /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[2])
+
+
+def _job_processes(pgid: int, marker: str) -> list[int]:
+    """Live processes of group `pgid` whose command line names the job folder.
+
+    Checking the command line keeps a reused process id from being killed. Without /proc (not
+    Linux) the stored group is trusted.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return [pgid] if _alive(pgid) else []
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        state = _proc_stat(int(entry.name))
+        if state is None or state[1] != pgid or state[0] == "Z":
+            continue
+        try:
+            command_line = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in command_line:
+            members.append(int(entry.name))
+    return members

@@ -1,0 +1,321 @@
+"""`/api/v1/experiments/{id}/jobs`: submit, watch, cancel, resume, read logs, download files.
+
+Routes with a `:verb` suffix are declared before `/{job_id}` so the verb is not read as part of
+the job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tarfile
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from fastapi import APIRouter, Body, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
+
+from reidnet.service import schemas
+from reidnet.service.auth import Caller
+from reidnet.service.db import FINISHED_STATES, Job
+from reidnet.service.deps import ServiceState, current_caller, get_session, get_state
+from reidnet.service.errors import ServiceError, not_found
+from reidnet.service.jobs import LOG_FILE, job_dir, job_progress, owned_job
+from reidnet.service.routers.experiments import owned_experiment
+from reidnet.service.settings import ServiceSettings
+
+router = APIRouter(prefix="/api/v1/experiments/{experiment_id}/jobs", tags=["jobs"])
+
+
+def experiment_job(session: Session, caller: Caller, experiment_id: str, job_id: str) -> Job:
+    owned_experiment(session, caller.id, experiment_id)
+    job = owned_job(session, caller.id, job_id)
+    if job.experiment_id != experiment_id:
+        raise not_found("job", job_id)
+    return job
+
+
+def job_view(session: Session, state: ServiceState, job: Job) -> schemas.Job:
+    folder = job_dir(state.settings, job.id)
+    progress = job_progress(folder, job.action) if job.action == "train" else None
+    return schemas.Job(
+        id=job.id,
+        experiment_id=job.experiment_id,
+        action=job.action,
+        parent_job_id=job.parent_job_id,
+        status=job.status,
+        specs=job.specs,
+        created_at=job.created_at,
+        queued_at=job.queued_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        queue_position=state.jobs.queue_position(session, job),
+        progress=progress,
+        result=job.result,
+        exit_code=job.exit_code,
+        error=job.error,
+    )
+
+
+@router.post("", status_code=201, response_model=schemas.JobCreated)
+def submit_job(
+    experiment_id: str,
+    request: schemas.JobCreate,
+    caller: Caller = Depends(current_caller),
+    session: Session = Depends(get_session),
+    state: ServiceState = Depends(get_state),
+) -> schemas.JobCreated:
+    """Queue a job. Specs are partial overrides, validated now (400 names the key).
+
+    Evaluate, inference and export need `parent_job_id` (a train job) and use its checkpoint;
+    they wait for it to end. A train job with a parent fine-tunes from the parent's checkpoint.
+    """
+    experiment = owned_experiment(session, caller.id, experiment_id)
+    job = state.jobs.submit(
+        session, experiment, request.action, request.parent_job_id, request.specs
+    )
+    return schemas.JobCreated(id=job.id)
+
+
+@router.get("", response_model=list[schemas.Job])
+def list_jobs(
+    experiment_id: str,
+    caller: Caller = Depends(current_caller),
+    session: Session = Depends(get_session),
+    state: ServiceState = Depends(get_state),
+) -> list[schemas.Job]:
+    """The experiment's jobs in submission order."""
+    owned_experiment(session, caller.id, experiment_id)
+    jobs = session.scalars(
+        select(Job).where(Job.experiment_id == experiment_id).order_by(Job.created_at)
+    )
+    return [job_view(session, state, job) for job in jobs]
+
+
+@router.post("/{job_id}:cancel", response_model=schemas.Job)
+def cancel_job(
+    experiment_id: str,
+    job_id: str,
+    caller: Caller = Depends(current_caller),
+    session: Session = Depends(get_session),
+    state: ServiceState = Depends(get_state),
+) -> schemas.Job:
+    """Cancel a queued job, or stop a running one (a train job writes a checkpoint first)."""
+    job = state.jobs.cancel(session, experiment_job(session, caller, experiment_id, job_id))
+    return job_view(session, state, job)
+
+
+@router.post("/{job_id}:resume", response_model=schemas.Job)
+def resume_job(
+    experiment_id: str,
+    job_id: str,
+    request: schemas.JobResume | None = Body(None),
+    caller: Caller = Depends(current_caller),
+    session: Session = Depends(get_session),
+    state: ServiceState = Depends(get_state),
+) -> schemas.Job:
+    """Queue a Canceled or Error job again; a train job continues from its latest checkpoint."""
+    job = experiment_job(session, caller, experiment_id, job_id)
+    job = state.jobs.resume(session, job, request.specs if request else None)
+    return job_view(session, state, job)
+
+
+@router.get("/{job_id}:list_files", response_model=list[schemas.FileEntry])
+def list_files(
+    experiment_id: str,
+    job_id: str,
+    caller: Caller = Depends(current_caller),
+    session: Session = Depends(get_session),
+    state: ServiceState = Depends(get_state),
+) -> list[schemas.FileEntry]:
+    """Every file in the job's folder, paths relative to it."""
+    job = experiment_job(session, caller, experiment_id, job_id)
+    folder = job_dir(state.settings, job.id)
+    return [
+        schemas.FileEntry(
+            path=str(path.relative_to(folder)),
+            size=info.st_size,
+            modified=datetime.fromtimestamp(info.st_mtime, timezone.utc),
+        )
+        for path, info in _job_files(folder)
+    ]
+
+
+def _job_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.startswith("."):  # atomic-write temporaries
+                continue
+            path = Path(root) / name
+            info = path.lstat()
+            if path.is_file() and not path.is_symlink():
+                found.append((path, info))
+    return found
+
+
+@router.get("/{job_id}:download", response_class=FileResponse)
+def download(
+    experiment_id: str,
+    job_id: str,
+    file: str | None = Query(None, description="A path from :list_files; else the folder."),
+    caller: Caller = Depends(current_caller),
+    session: Session = Depends(get_session),
+    state: ServiceState = Depends(get_state),
+) -> FileResponse:
+    """One file, or a tar.gz of the job's folder; both answer HTTP Range requests (resume)."""
+    job = experiment_job(session, caller, experiment_id, job_id)
+    folder = job_dir(state.settings, job.id)
+    if file is not None:
+        path = job_file(folder, file)
+        return FileResponse(path, filename=path.name, media_type="application/octet-stream")
+    archive, temporary = job_archive(state.settings, job)
+    return FileResponse(
+        archive,
+        filename=f"{job.action}-{job.id}.tar.gz",
+        media_type="application/gzip",
+        background=BackgroundTask(archive.unlink, missing_ok=True) if temporary else None,
+    )
+
+
+def job_file(folder: Path, relative: str) -> Path:
+    """A file inside the job folder, refusing any path that leads out of it."""
+    parts = PurePosixPath(relative.replace("\\", "/")).parts
+    if not relative or PurePosixPath(relative).is_absolute() or ".." in parts:
+        raise ServiceError(f"file {relative!r} must be a relative path inside the job folder")
+    path = folder.joinpath(*parts)
+    if not (path.is_file() and path.resolve().is_relative_to(folder.resolve())):
+        raise ServiceError(f"no file {relative!r} in this job (see :list_files)", 404)
+    return path
+
+
+def job_archive(settings: ServiceSettings, job: Job) -> tuple[Path, bool]:
+    """A tar.gz of the job's folder: cached once the job has ended, else made per request."""
+    folder = job_dir(settings, job.id)
+    if not folder.is_dir():
+        raise ServiceError(f"job {job.id!r} has no files yet (it is {job.status})", 404)
+    finished = job.status in FINISHED_STATES and job.finished_at is not None
+    stamp = int(job.finished_at.timestamp() * 1000) if finished else None
+    target = settings.cache_dir / f"{job.id}-{stamp if finished else uuid.uuid4().hex}.tar.gz"
+    if finished:
+        if target.is_file():
+            return target, False
+        for stale in settings.cache_dir.glob(f"{job.id}-*.tar.gz"):  # the job ran again since
+            stale.unlink(missing_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+        for path, _ in _job_files(folder):
+            tar.add(path, arcname=str(Path(job.id) / path.relative_to(folder)))
+    os.replace(partial, target)
+    return target, not finished
+
+
+@router.get("/{job_id}/logs", response_class=PlainTextResponse)
+async def job_logs(
+    experiment_id: str,
+    job_id: str,
+    tail: int | None = Query(None, ge=1, le=1_000_000, description="Only the last N lines."),
+    follow: bool = Query(False, description="Keep streaming until the job ends."),
+    caller: Caller = Depends(current_caller),
+    state: ServiceState = Depends(get_state),
+):
+    """The job's output (stdout and stderr of its process), as text."""
+
+    def find() -> Path:
+        with state.database.session() as session:
+            job = experiment_job(session, caller, experiment_id, job_id)
+            return job_dir(state.settings, job.id) / LOG_FILE
+
+    log_file = await run_in_threadpool(find)
+    start = await run_in_threadpool(_tail_offset, log_file, tail)
+    if not follow:
+        text = await run_in_threadpool(_read_from, log_file, start)
+        return PlainTextResponse(text.decode("utf-8", "replace"))
+    return StreamingResponse(
+        _follow(log_file, start, state, job_id), media_type="text/plain; charset=utf-8"
+    )
+
+
+def _tail_offset(log_file: Path, lines: int | None) -> int:
+    """Byte offset where the last `lines` lines start (0 for the whole file)."""
+    if lines is None or not log_file.is_file():
+        return 0
+    with open(log_file, "rb") as stream:
+        end = stream.seek(0, os.SEEK_END)
+        position, found = end, 0
+        while position > 0:
+            step = min(65536, position)
+            position -= step
+            stream.seek(position)
+            block = stream.read(step)
+            if position + step == end and block.endswith(b"\n"):
+                block = block[:-1]  # the final newline does not start a line
+            for index in range(len(block) - 1, -1, -1):
+                if block[index] == 0x0A:
+                    found += 1
+                    if found == lines:
+                        return position + index + 1
+    return 0
+
+
+def _read_from(log_file: Path, offset: int) -> bytes:
+    try:
+        with open(log_file, "rb") as stream:
+            stream.seek(offset)
+            return stream.read()
+    except FileNotFoundError:
+        return b""
+
+
+async def _follow(
+    log_file: Path, offset: int, state: ServiceState, job_id: str
+) -> AsyncIterator[bytes]:
+    """New log bytes as they are written; ends once the job has ended and all is sent."""
+
+    def job_ended() -> bool:
+        with state.database.session() as session:
+            job = session.get(Job, job_id)
+            return job is None or job.status in FINISHED_STATES
+
+    while True:
+        ended = await run_in_threadpool(job_ended)  # checked before the read: nothing is lost
+        chunk = await run_in_threadpool(_read_from, log_file, offset)
+        if chunk:
+            offset += len(chunk)
+            yield chunk
+        if ended:
+            return
+        if not chunk:
+            await asyncio.sleep(0.5)
+
+
+@router.get("/{job_id}", response_model=schemas.Job)
+def get_job(
+    experiment_id: str,
+    job_id: str,
+    caller: Caller = Depends(current_caller),
+    session: Session = Depends(get_session),
+    state: ServiceState = Depends(get_state),
+) -> schemas.Job:
+    """Status, timestamps, progress (epoch, losses, images/s, ETA), result and error."""
+    return job_view(session, state, experiment_job(session, caller, experiment_id, job_id))
+
+
+@router.delete("/{job_id}", response_model=schemas.Deleted)
+def delete_job(
+    experiment_id: str,
+    job_id: str,
+    caller: Caller = Depends(current_caller),
+    session: Session = Depends(get_session),
+    state: ServiceState = Depends(get_state),
+) -> schemas.Deleted:
+    """Delete an ended job and its folder."""
+    state.jobs.delete(session, experiment_job(session, caller, experiment_id, job_id))
+    return schemas.Deleted(id=job_id)

@@ -1,0 +1,100 @@
+"""The service's pure rules, checked without a server: archive names, spec paths, job specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reidnet.service.jobs import error_from_log
+from reidnet.service.specs import (
+    JobPaths,
+    check_user_specs,
+    default_specs,
+    resolved_spec,
+    server_owned_keys,
+)
+from reidnet.service.storage import ArchiveRejected, safe_parts
+
+
+@pytest.mark.parametrize(
+    "name, parts",
+    [
+        ("query/0001_c1.jpg", ("query", "0001_c1.jpg")),
+        ("./data//query/./0001_c1.jpg", ("data", "query", "0001_c1.jpg")),
+        ("data\\query\\0001_c1.jpg", ("data", "query", "0001_c1.jpg")),
+        ("name..with..dots.jpg", ("name..with..dots.jpg",)),
+    ],
+)
+def test_safe_archive_names_keep_their_components(name, parts):
+    assert safe_parts(name) == parts
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("/etc/passwd", "absolute path"),
+        ("C:/Windows/x.jpg", "absolute path"),
+        ("\\\\server\\share\\x.jpg", "absolute path"),
+        ("../x.jpg", "'..' component"),
+        ("query/../../x.jpg", "'..' component"),
+        ("query\\..\\..\\x.jpg", "'..' component"),
+    ],
+)
+def test_unsafe_archive_names_are_refused(name, reason):
+    with pytest.raises(ArchiveRejected, match=reason):
+        safe_parts(name)
+
+
+def test_path_keys_are_found_at_any_depth_and_null_ones_ignored():
+    specs = {
+        "results_dir": None,
+        "model": {"backbone": "resnet_18", "pretrained_model_path": "/x"},
+        "export": {"onnx_file": "/y", "opset_version": 17},
+        "dataset": {"batch_size": 16, "test_dataset_dir": None},
+    }
+    assert server_owned_keys(specs) == ["model.pretrained_model_path", "export.onnx_file"]
+
+
+def test_defaults_hold_no_path_key_and_are_accepted_back():
+    defaults = default_specs()
+    assert server_owned_keys(defaults) == []
+    assert check_user_specs(defaults)["train"]["num_epochs"] == 120
+
+
+def test_a_resolved_spec_gets_every_path_from_the_server():
+    paths = JobPaths(
+        Path("/srv/jobs/j1"),
+        train_dirs=["/srv/datasets/a/bounding_box_train", "/srv/datasets/b/sample_train"],
+        test_dir="/srv/datasets/a/bounding_box_test",
+        query_dir="/srv/datasets/a/query",
+        checkpoint="/srv/jobs/t1/train/reid_model_latest.pth",
+    )
+    spec = resolved_spec("export", {"export": {"opset_version": 18}}, paths)
+    assert spec["results_dir"] == "/srv/jobs/j1"
+    assert spec["dataset"]["train_dataset_dir"] == paths.train_dirs
+    assert spec["dataset"]["query_dataset_dir"] == "/srv/datasets/a/query"
+    assert spec["export"] == {
+        "opset_version": 18,
+        "checkpoint": "/srv/jobs/t1/train/reid_model_latest.pth",
+        "onnx_file": "/srv/jobs/j1/export/reid_model.onnx",
+    }
+    assert "model" not in spec  # only what the user set: the checkpoint decides the rest
+
+
+def test_a_fine_tune_starts_from_the_source_checkpoint_unless_told_otherwise():
+    paths = JobPaths(Path("/j"), train_dirs=["/d/train"], pretrained="/t/train/latest.pth")
+    spec = resolved_spec("train", {}, paths)
+    assert spec["model"] == {"pretrain_choice": "self", "pretrained_model_path": paths.pretrained}
+    scratch = resolved_spec("train", {"model": {"pretrain_choice": "none"}}, paths)
+    assert scratch["model"]["pretrain_choice"] == "none"
+
+
+def test_a_failed_job_reports_the_cli_error_else_the_exit_and_last_lines(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text("loading\nerror: dataset folder /x does not exist:\n  check the path\n")
+    assert error_from_log(log, 2) == "dataset folder /x does not exist:\n  check the path"
+    log.write_text("step 1\nstep 2\n")
+    assert error_from_log(log, -9) == (
+        "the job process killed by signal SIGKILL; last log lines:\nstep 1\nstep 2"
+    )
