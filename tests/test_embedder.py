@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import reidnet
-from conftest import write_image
+from imagefiles import write_image
 from reidnet.config import load_spec
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine.embed import extract_features

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import write_image
+from imagefiles import write_image
 from reidnet.data import gpu
 from reidnet.data.transforms import (
     RandomErasing,

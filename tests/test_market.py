@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_folder
+from imagefiles import make_folder
 from reidnet.config import TrainFolder
 from reidnet.data.market import (
     build_train_set,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_folder, write_image
+from imagefiles import make_folder, write_image
 from reidnet.cli import app
 from reidnet.config import TrainFolder
 from reidnet.data.validate import validate_dataset

@@ -244,8 +244,8 @@ class TrainConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
 
 
-class EvaluateConfig(_Section):
-    """`evaluate`: scoring a checkpoint on query/gallery."""
+class _ModelRunSection(_Section):
+    """Keys shared by the actions that run a trained model over query and gallery images."""
 
     results_dir: str | None = None
     num_gpus: int = Field(1, ge=1)
@@ -256,10 +256,15 @@ class EvaluateConfig(_Section):
     onnx_file: str | None = Field(
         None, description="Run this ONNX model with onnxruntime instead of a checkpoint."
     )
-    output_sampled_matches_plot: str | None = None
-    output_cmc_curve_plot: str | None = None
     test_dataset: str | None = None
     query_dataset: str | None = None
+
+
+class EvaluateConfig(_ModelRunSection):
+    """`evaluate`: scoring a checkpoint on query/gallery."""
+
+    output_sampled_matches_plot: str | None = None
+    output_cmc_curve_plot: str | None = None
     same_camera_filter: bool = Field(
         True,
         description="Drop gallery images of the query's identity seen by the query's camera "
@@ -270,21 +275,10 @@ class EvaluateConfig(_Section):
     )
 
 
-class InferenceConfig(_Section):
+class InferenceConfig(_ModelRunSection):
     """`inference`: embeddings of every query and gallery image."""
 
-    results_dir: str | None = None
-    num_gpus: int = Field(1, ge=1)
-    gpu_ids: list[int] = Field(default_factory=lambda: [0])
-    gpu_id: int = 0
-    num_nodes: int = Field(1, ge=1)
-    checkpoint: str | None = None
-    onnx_file: str | None = Field(
-        None, description="Run this ONNX model with onnxruntime instead of a checkpoint."
-    )
     output_file: str | None = None
-    test_dataset: str | None = None
-    query_dataset: str | None = None
 
 
 class ExportConfig(_Section):

@@ -791,7 +791,7 @@ class TrainingRun:
 
         def advance(step, terms, lr, rate):
             if step % PROGRESS_EVERY == 0 or step == total_steps:  # reading the loss waits
-                info = f"loss {float(terms['total']):.3f} lr {lr:.1e} {rate:.0f} img/s"
+                info = f"loss {terms['total'].detach().item():.3f} lr {lr:.1e} {rate:.0f} img/s"
                 progress.update(task, completed=step, info=info)
 
         with progress:
