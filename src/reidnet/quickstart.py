@@ -18,7 +18,7 @@ from reidnet.config import ExperimentSpec, load_spec
 
 logger = logging.getLogger(__name__)
 
-SYNTH_ARGS = {"identities": 100, "test_identities": 36, "cameras": 4, "images_per_identity": 10}
+SYNTH_ARGS = {"identities": 120, "test_identities": 40, "cameras": 4, "images_per_identity": 12}
 
 
 @dataclass

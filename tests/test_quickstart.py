@@ -1,0 +1,19 @@
+"""The quick start runs its whole tour and lists every file it made."""
+
+from reidnet.quickstart import run_quickstart
+
+
+def test_quickstart_makes_every_artifact_it_lists(tmp_path):
+    tiny = [
+        "train.num_epochs=1",
+        "model.input_height=32",
+        "model.input_width=16",
+        "dataset.num_workers=0",
+    ]
+    summary = run_quickstart(tmp_path / "qs", tiny)
+    for name, path in summary.paths.items():
+        assert path.exists(), name
+    for metrics in (summary.untrained, summary.trained):
+        assert 0.0 <= metrics["mAP"] <= 1.0
+        assert metrics["num_valid_queries"] > 0
+    assert summary.paths["checkpoint"].name == "model_epoch_001.pth"
