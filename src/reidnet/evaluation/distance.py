@@ -62,18 +62,7 @@ def pairwise_distance(
         A Q x G tensor on the features' device: float64 when either input is float64, otherwise
         float32 (half-precision features are computed in float32).
     """
-    query = as_float_matrix(query_features, "query_features")
-    gallery = as_float_matrix(gallery_features, "gallery_features")
-    if query.shape[1] != gallery.shape[1]:
-        raise ReidnetError(
-            f"query features have {query.shape[1]} dimensions but gallery features have "
-            f"{gallery.shape[1]}: both must come from the same model"
-        )
-    if query.device != gallery.device:
-        raise ReidnetError(
-            f"query features are on {query.device} but gallery features on {gallery.device}; "
-            "move both to the same device"
-        )
+    query, gallery = as_feature_pair(query_features, gallery_features)
     dtype = torch.promote_types(query.dtype, gallery.dtype)
     query, gallery = query.to(dtype), gallery.to(dtype)
     if normalize or metric == "cosine":
@@ -91,3 +80,20 @@ def pairwise_distance(
     if metric == "cosine":
         return torch.mm(query, gallery.T).neg_().add_(1)
     raise ReidnetError(f"unknown distance metric {metric!r}: use 'euclidean' or 'cosine'")
+
+
+def as_feature_pair(query_features: ArrayLike, gallery_features: ArrayLike):
+    """Query and gallery features as float matrices of one width on one device, else an error."""
+    query = as_float_matrix(query_features, "query_features")
+    gallery = as_float_matrix(gallery_features, "gallery_features")
+    if query.shape[1] != gallery.shape[1]:
+        raise ReidnetError(
+            f"query features have {query.shape[1]} dimensions but gallery features have "
+            f"{gallery.shape[1]}: both must come from the same model"
+        )
+    if query.device != gallery.device:
+        raise ReidnetError(
+            f"query features are on {query.device} but gallery features on {gallery.device}; "
+            "move both to the same device"
+        )
+    return query, gallery

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from reidnet.errors import ReidnetError
-from reidnet.evaluation.distance import ArrayLike, as_float_matrix
+from reidnet.evaluation.distance import ArrayLike, as_feature_pair, as_float_matrix
 
 DEFAULT_MEMORY_BUDGET_GB = 16.0
 MEMORY_BUDGET_ENV = "REIDNET_MEMORY_BUDGET_GB"
@@ -62,18 +62,8 @@ def k_reciprocal_rerank(
         The Q x G re-ranked distance matrix as a numpy float32 array (always on the CPU); the
         computation runs in float32 like the classic code's.
     """
-    query = as_float_matrix(query_features, "query_features").detach()
-    gallery = as_float_matrix(gallery_features, "gallery_features").detach()
-    if query.shape[1] != gallery.shape[1]:
-        raise ReidnetError(
-            f"query features have {query.shape[1]} dimensions but gallery features have "
-            f"{gallery.shape[1]}: both must come from the same model"
-        )
-    if query.device != gallery.device:
-        raise ReidnetError(
-            f"query features are on {query.device} but gallery features on {gallery.device}; "
-            "move both to the same device"
-        )
+    query, gallery = as_feature_pair(query_features, gallery_features)
+    query, gallery = query.detach(), gallery.detach()
     _check_parameters(k1, k2, lambda_value, len(query), len(gallery))
     _check_memory(len(query), len(gallery), query.shape[1], k1, k2, memory_budget_gb)
     features = torch.cat([query, gallery]).to(torch.float32)
