@@ -157,7 +157,7 @@ def evaluate(spec: ExperimentSpec, device: str | torch.device | None = None) -> 
         "cmc": [float(v) for v in score.cmc],
     }
     results_file = out_dir / "results.json"
-    write_text_atomic(results_file, json.dumps(results, indent=2))
+    ckpt.atomic_write_text(results_file, json.dumps(results, indent=2))
     plots = write_plots(score, query_records, gallery_records, spec, out_dir)
     return EvaluationOutcome(score.metrics, results_file, plots)
 
@@ -257,10 +257,3 @@ def write_embeddings(
         index_file.name,
     )
     return InferenceOutcome(json_file, npy_file, index_file, len(items))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

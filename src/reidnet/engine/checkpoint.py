@@ -8,6 +8,7 @@ size and the normalisation next to the weights, so evaluate, inference and expor
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,26 @@ def atomic_torch_save(payload: Any, path: str | Path) -> Path:
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename, so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def atomic_link(source: Path, target: Path) -> None:
+    """Point `target` at `source`'s content atomically (hard link, else a copy): the latest
+    checkpoint costs no second write."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -689,7 +689,7 @@ class TrainingRun:
         if step_in_epoch:
             return ckpt.atomic_torch_save(payload, latest)
         ckpt.atomic_torch_save(payload, path)
-        _atomic_link(path, latest)
+        ckpt.atomic_link(path, latest)
         logger.info("checkpoint %s", path)
         return path
 
@@ -762,7 +762,7 @@ class TrainingRun:
             "checkpoint": str(checkpoint) if checkpoint else None,
             "updated": time.time(),
         }
-        _atomic_write_text(self.results_dir / "status.json", json.dumps(status, indent=2))
+        ckpt.atomic_write_text(self.results_dir / "status.json", json.dumps(status, indent=2))
 
     def final_validation(self) -> dict[str, Any] | None:
         validated = [h["validation"] for h in self.history if h.get("validation")]
@@ -835,25 +835,6 @@ def _pad_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                     padded = torch.zeros_like(parameter, dtype=value.dtype)
                     padded[: value.shape[0]] = value
                     state[name] = padded
-
-
-def _atomic_link(source: Path, target: Path) -> None:
-    """Point `target` at `source`'s content atomically (hard link, else a copy)."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 @contextmanager
