@@ -178,6 +178,34 @@ def export_command(
         console.print(line, highlight=False, soft_wrap=True)
 
 
+@app.command("convert")
+def convert_command(
+    source: Annotated[
+        Path, typer.Argument(help="TAO checkpoint (.pth/.tlt/.ckpt) or TAO-layout ONNX model.")
+    ],
+    target: Annotated[Path, typer.Argument(help="reidnet checkpoint to write (.pth).")],
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--experiment-spec",
+            "-e",
+            help="Spec giving what the file cannot tell (last_stride, neck_feat, input size "
+            "and normalisation of a .pth); TAO's defaults without one.",
+        ),
+    ] = None,
+    overrides: Overrides = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing target.")] = False,
+) -> None:
+    """A reidnet checkpoint from a TAO checkpoint or ONNX model: evaluate, fine-tune, export it."""
+    from reidnet.config import load_spec
+    from reidnet.convert import convert
+
+    written, architecture = convert(source, target, load_spec(spec, overrides or []), force=force)
+    described = ", ".join(f"{key} {value}" for key, value in architecture.items())
+    console.print(f"architecture: {described}", highlight=False, soft_wrap=True)
+    console.print(f"checkpoint: {written}", highlight=False, soft_wrap=True)
+
+
 @app.command("quickstart")
 def quickstart_command(
     out: Annotated[Path, typer.Option(help="Folder for everything the tour makes.")] = Path(

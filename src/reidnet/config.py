@@ -42,6 +42,13 @@ class ModelConfig(_Section):
     backbone: Literal["resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152"] = (
         "resnet_50"
     )
+    network: Literal["torchvision", "tao"] = Field(
+        "torchvision",
+        description="torchvision: torchvision's ResNet (BasicBlock for 18/34, ReLU after the "
+        "stem), the network its ImageNet weights were trained as; tao: TAO's exact network (no "
+        "stem ReLU, Bottleneck at every depth, projection with a bias). Checkpoints record "
+        "theirs; TAO checkpoints are always read as tao.",
+    )
     last_stride: Literal[1, 2] = Field(1, description="Stride of layer4; 1 keeps 16x8 maps.")
     pretrain_choice: Literal["imagenet", "self", "none"] = Field(
         "imagenet",

@@ -108,7 +108,7 @@ def feature_source(
         if config.onnx_file and config.checkpoint:
             logger.info("%s is set: %s.checkpoint is not used", key, action)
         return OnnxFeatures.load(config.onnx_file or config.checkpoint, spec, device, key)
-    checkpoint = ckpt.load_checkpoint(config.checkpoint, f"{action}.checkpoint")
+    checkpoint = ckpt.load_checkpoint(config.checkpoint, f"{action}.checkpoint", spec)
     ckpt.check_spec_matches(checkpoint, spec.model, config.checkpoint)
     model = ckpt.model_from_checkpoint(checkpoint, device)
     return CheckpointFeatures(model, checkpoint["architecture"], device, str(config.checkpoint))

@@ -23,7 +23,9 @@ FORMAT_VERSION = 1
 LATEST_NAME = "reid_model_latest.pth"
 
 # The fields of `model` a checkpoint fixes; a spec that sets one differently is refused.
-ARCHITECTURE_FIELDS = ("backbone", "feat_dim", "last_stride", "neck", "neck_feat")
+ARCHITECTURE_FIELDS = ("backbone", "network", "feat_dim", "last_stride", "neck", "neck_feat")
+# What checkpoints written before a field existed were trained with.
+ARCHITECTURE_DEFAULTS = {"network": "torchvision"}
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
@@ -83,8 +85,15 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def load_checkpoint(path: str | Path, key: str = "evaluate.checkpoint") -> dict[str, Any]:
-    """Read a reidnet checkpoint, with an error naming the spec key when it is missing or bad."""
+def load_checkpoint(
+    path: str | Path, key: str = "evaluate.checkpoint", spec=None
+) -> dict[str, Any]:
+    """Read a reidnet checkpoint, with an error naming the spec key when it is missing or bad.
+
+    A TAO checkpoint (Lightning `.pth` or trainable `.tlt`, recognised by its key layout) is read
+    as the reidnet checkpoint of TAO's network; what its weights do not fix comes from `spec`
+    (TAO's defaults when None).
+    """
     path = Path(path) if path else None
     if path is None:
         raise ReidnetError(f"no checkpoint given: set {key}=/path/to/model_epoch_NNN.pth")
@@ -100,18 +109,34 @@ def load_checkpoint(path: str | Path, key: str = "evaluate.checkpoint") -> dict[
             f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it may be "
             "truncated or not a PyTorch file"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        architecture = payload["architecture"]
+        for field, default in ARCHITECTURE_DEFAULTS.items():
+            architecture.setdefault(field, default)
+        return payload
+    from reidnet.model.tao import checkpoint_from_tao, refuse_encrypted
+
+    refuse_encrypted(payload, path)
+    if spec is None:
+        from reidnet.config import ExperimentSpec
+
+        spec = ExperimentSpec()
+    converted = checkpoint_from_tao(payload, path, spec) if isinstance(payload, dict) else None
+    if converted is None:
         raise ReidnetError(
-            f"{path} is not a reidnet checkpoint (no '{FORMAT}' marker): give a file written by "
-            "`reidnet train` (model_epoch_NNN.pth or reid_model_latest.pth)"
+            f"{path} is neither a reidnet checkpoint (no '{FORMAT}' marker) nor a TAO "
+            "ReIdentificationNet checkpoint: give a file written by `reidnet train` "
+            "(model_epoch_NNN.pth or reid_model_latest.pth), or TAO's .pth / .tlt"
         )
-    return payload
+    return converted
 
 
 def check_spec_matches(checkpoint: dict[str, Any], model_spec, path: str | Path) -> None:
     """Refuse a spec that explicitly sets an architecture field the checkpoint disagrees with."""
     explicit = model_spec.model_fields_set
     for field in ARCHITECTURE_FIELDS:
+        if field == "backbone" and checkpoint["architecture"]["network"] == "tao":
+            continue  # TAO's resnet_34 and resnet_50 are one network: either name is right
         if field in explicit and getattr(model_spec, field) != checkpoint["architecture"][field]:
             raise ReidnetError(
                 f"checkpoint {path} was trained with model.{field}="
@@ -178,6 +203,16 @@ def model_from_checkpoint(checkpoint: dict[str, Any], device: torch.device | Non
         neck_feat=architecture["neck_feat"],
         with_flip_feature=architecture["with_flip_feature"],
         pretrain_choice="none",
+        network=architecture.get("network", "torchvision"),
     )
-    model.load_state_dict(checkpoint["model"])
+    result = model.load_state_dict(checkpoint["model"], strict=False)
+    # Only BatchNorm step counters may be absent (older files, converted graphs); anything else
+    # missing or left over means the weights are not this network's.
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise ReidnetError(
+            f"the checkpoint's weights do not fit its recorded architecture ({architecture}): "
+            f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}; the file is "
+            "damaged or was edited"
+        )
     return model.to(device or torch.device("cpu")).eval()

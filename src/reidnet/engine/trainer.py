@@ -46,6 +46,7 @@ from reidnet.engine.retrieval import score_retrieval
 from reidnet.errors import ReidnetError
 from reidnet.losses import ReidLoss
 from reidnet.model import ReIdentificationNet
+from reidnet.model.tao import adopt_pretrained_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def architecture_of(spec: ExperimentSpec) -> dict[str, Any]:
     model, data = spec.model, spec.dataset
     return {
         "backbone": model.backbone,
+        "network": model.network,
         "feat_dim": model.feat_dim,
         "last_stride": model.last_stride,
         "neck": model.neck,
@@ -218,6 +220,11 @@ class TrainingRun:
         return latest if latest.is_file() else None
 
     def _build_model_and_losses(self) -> None:
+        if self.spec.model.pretrain_choice == "self":
+            adopted = adopt_pretrained_architecture(
+                self.spec.model, self.spec.model.pretrained_model_path
+            )
+            self.spec = self.spec.model_copy(update={"model": adopted})
         spec, num_classes = self.spec, self.train_set.num_classes
         model = spec.model
         self.model = ReIdentificationNet(
@@ -230,6 +237,7 @@ class TrainingRun:
             with_flip_feature=model.with_flip_feature,
             pretrain_choice=model.pretrain_choice,
             pretrained_model_path=model.pretrained_model_path,
+            network=model.network,
         ).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -53,7 +53,7 @@ def run_export(spec: ExperimentSpec, force: bool = False) -> ExportOutcome:
             f"export would overwrite {', '.join(map(str, existing))}: pass --force to replace "
             "them, or set export.onnx_file to another path"
         )
-    checkpoint = ckpt.load_checkpoint(config.checkpoint, "export.checkpoint")
+    checkpoint = ckpt.load_checkpoint(config.checkpoint, "export.checkpoint", spec)
     ckpt.check_spec_matches(checkpoint, spec.model, config.checkpoint)
     exported = export_checkpoint(checkpoint, onnx_file, opset_version=config.opset_version)
     files = write_deployment_files(exported.onnx_file, exported.metadata)

@@ -60,6 +60,7 @@ def export_metadata(checkpoint: dict[str, Any]) -> dict[str, str]:
     return {
         METADATA_MARKER: __version__,
         "backbone": architecture["backbone"],
+        "network": architecture.get("network", "torchvision"),
         "input_height": str(architecture["input_height"]),
         "input_width": str(architecture["input_width"]),
         "color_order": "RGB",

@@ -1,5 +1,12 @@
 """ResNet trunks for re-identification: torchvision's conv1..layer4, an optional stride-1 last
 stage, and ImageNet weights read from a local file only (training machines are often offline).
+
+Two networks share these names. ``torchvision`` is torchvision's ResNet (BasicBlock for depths 18
+and 34, a ReLU after the stem's bn1): the network its ImageNet weights were trained as. ``tao`` is
+the trunk of NVIDIA TAO's ReIdentificationNet (and of the strong baseline it comes from): no ReLU
+after bn1 (the baseline's commented-out "missed relu"), and Bottleneck blocks at every depth, so
+its resnet_18 is Bottleneck x [2, 2, 2, 2] and its resnet_34 the same network as its resnet_50,
+all with 2048 output channels. TAO checkpoints only embed as TAO computes with the ``tao`` trunk.
 """
 
 from __future__ import annotations
@@ -22,6 +29,17 @@ from reidnet.errors import ReidnetError
 logger = logging.getLogger(__name__)
 
 PRETRAIN_CHOICES = ("imagenet", "self", "none")
+NETWORKS = ("torchvision", "tao")
+
+# Bottleneck blocks per stage of TAO's trunk, by its backbone names (TAO's Baseline passes
+# block=Bottleneck whatever the depth).
+TAO_LAYERS: dict[str, tuple[int, int, int, int]] = {
+    "resnet_18": (2, 2, 2, 2),
+    "resnet_34": (3, 4, 6, 3),
+    "resnet_50": (3, 4, 6, 3),
+    "resnet_101": (3, 4, 23, 3),
+    "resnet_152": (3, 8, 36, 3),
+}
 
 # Prefixes that wrappers put in front of the trunk's own keys: DDP ("module."), the reference's
 # Baseline ("base."), Lightning modules ("model."), torch.compile ("_orig_mod."), other toolkits.
@@ -51,16 +69,20 @@ def build_backbone(
     last_stride: int = 1,
     pretrain_choice: str = "none",
     pretrained_model_path: str | os.PathLike[str] | None = None,
+    network: str = "torchvision",
 ) -> tuple[nn.Module, int]:
     """Return the trunk mapping images [N,3,H,W] to feature maps [N,C,h,w], and C.
 
     The trunk is an ``nn.Sequential`` whose children keep torchvision's names (conv1, bn1, relu,
-    maxpool, layer1..layer4), so torchvision state dicts load into it key for key. With
+    maxpool, layer1..layer4), so torchvision state dicts load into it key for key; the ``tao``
+    network has no ``relu`` child (it has no parameters, so the keys are the same). With
     ``last_stride=1`` layer4 keeps the resolution of layer3 (16x8 maps at 256x128 input).
     ``pretrain_choice="imagenet"`` loads ImageNet weights; "self" and "none" leave the trunk
     randomly initialised ("self" checkpoints hold the whole network and are loaded by the caller).
     """
     spec = _backbone_spec(name)
+    if network not in NETWORKS:
+        raise ReidnetError(f"model.network must be one of {', '.join(NETWORKS)}, got {network!r}.")
     if last_stride not in (1, 2):
         raise ReidnetError(f"model.last_stride must be 1 or 2, got {last_stride!r}.")
     if pretrain_choice not in PRETRAIN_CHOICES:
@@ -68,19 +90,21 @@ def build_backbone(
             f"model.pretrain_choice must be one of {', '.join(PRETRAIN_CHOICES)}, "
             f"got {pretrain_choice!r}."
         )
-    resnet = spec.builder(weights=None)
+    if network == "tao":
+        resnet = tvm.resnet.ResNet(tvm.resnet.Bottleneck, list(TAO_LAYERS[name]))
+        children = ("conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        channels = 2048
+    else:
+        resnet = spec.builder(weights=None)
+        children = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        channels = spec.channels
     if last_stride == 1:
         _set_last_stride_one(resnet)
-    trunk = nn.Sequential(
-        OrderedDict(
-            (child, getattr(resnet, child))
-            for child in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-        )
-    )
+    trunk = nn.Sequential(OrderedDict((child, getattr(resnet, child)) for child in children))
     if pretrain_choice == "imagenet":
         weights_file = imagenet_weights_file(name, pretrained_model_path)
         load_trunk_weights(trunk, load_state_dict_file(weights_file), name, weights_file)
-    return trunk, spec.channels
+    return trunk, channels
 
 
 def _backbone_spec(name: str) -> BackboneSpec:
@@ -153,6 +177,9 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             f"Python objects from a source you trust, re-save only its state dict with "
             f"torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)."
         ) from exc
+    from reidnet.model.tao import refuse_encrypted
+
+    refuse_encrypted(content, path)
     content = _unwrap_checkpoint(content)
     if not isinstance(content, Mapping):
         raise ReidnetError(

@@ -52,11 +52,15 @@ class StateLoadReport:
 class ReIdentificationNet(nn.Module):
     """Backbone -> GAP -> [1x1 projection] -> BNNeck -> bias-free linear classifier.
 
-    The projection (present when ``feat_dim`` differs from the trunk's channel count) is a
-    bias-free 1x1 convolution with no BN or activation of its own: the BNNeck right after it
-    normalises the feature (cancelling any bias), and a shift does not change triplet distances.
-    It is applied after pooling, which equals projecting the feature map first, as the reference
-    does (both are linear), at 1/(h*w) of the cost: 1/128 at 256x128 input.
+    The projection (present when ``feat_dim`` differs from the trunk's channel count) is a 1x1
+    convolution with no BN or activation of its own, bias-free in the ``torchvision`` network (the
+    BNNeck right after it normalises the feature, and a shift does not change triplet distances)
+    and with a bias in the ``tao`` network, as TAO's ``base.feature`` has one: a TAO checkpoint's
+    embeddings depend on it. It is applied after pooling, which equals projecting the feature map
+    first, as the reference does (both are affine), at 1/(h*w) of the cost: 1/128 at 256x128.
+
+    ``num_classes`` may be 0 for a network converted from a graph that has no classifier (an
+    ONNX export): it embeds and exports, and fine-tuning gives it a classifier of its own.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class ReIdentificationNet(nn.Module):
         with_flip_feature: bool = False,
         pretrain_choice: str = "none",
         pretrained_model_path: str | os.PathLike[str] | None = None,
+        network: str = "torchvision",
     ) -> None:
         super().__init__()
         _validate_head_args(num_classes, feat_dim, neck, neck_feat)
@@ -80,13 +85,14 @@ class ReIdentificationNet(nn.Module):
         self.neck = neck
         self.neck_feat = neck_feat
         self.with_flip_feature = with_flip_feature
+        self.network = network
 
         self.backbone, channels = build_backbone(
-            backbone, last_stride, pretrain_choice, pretrained_model_path
+            backbone, last_stride, pretrain_choice, pretrained_model_path, network
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.projection = (
-            nn.Conv2d(channels, feat_dim, kernel_size=1, bias=False)
+            nn.Conv2d(channels, feat_dim, kernel_size=1, bias=network == "tao")
             if feat_dim != channels
             else None
         )
@@ -100,6 +106,8 @@ class ReIdentificationNet(nn.Module):
     def _init_head(self) -> None:
         if self.projection is not None:
             nn.init.kaiming_normal_(self.projection.weight, a=0, mode="fan_in")
+            if self.projection.bias is not None:
+                nn.init.zeros_(self.projection.bias)
         if self.bnneck is not None:
             # BNNeck as in BoT: a learnable scale but no shift, so the bias-free classifier
             # separates identities by direction around the origin.
@@ -183,10 +191,15 @@ class ReIdentificationNet(nn.Module):
         incoming = {_normalise_key(key): value for key, value in state_dict.items()}
         own = self.state_dict()
         report = StateLoadReport()
-        for key in incoming.keys() - own.keys():
-            report.skipped[key] = "not part of this model"
-        usable = {}
         problems = []
+        for key in sorted(incoming.keys() - own.keys()):
+            if key.startswith(("backbone.", "projection.", "bnneck.")):
+                # An embedding tensor this network has no place for (TAO's projection bias in
+                # a torchvision network): dropping it would change every embedding.
+                problems.append(f"{key} has no place in this network")
+            else:
+                report.skipped[key] = "not part of this model"
+        usable = {}
         for key, tensor in own.items():
             if key.startswith("classifier."):
                 continue
@@ -201,8 +214,9 @@ class ReIdentificationNet(nn.Module):
                 usable[key] = incoming[key]
         if problems:
             raise ReidnetError(
-                f"the checkpoint does not match model.backbone {self.backbone_name} with "
-                f"model.feat_dim {self.feat_dim} and model.neck {self.neck}: "
+                f"the checkpoint does not match model.backbone {self.backbone_name} "
+                f"(model.network {self.network}) with model.feat_dim {self.feat_dim} and "
+                f"model.neck {self.neck}: "
                 f"{'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}. "
                 f"Set these model keys to the values the checkpoint was trained with."
             )
@@ -241,7 +255,7 @@ def _normalise_key(key: str) -> str:
 def _validate_head_args(num_classes: int, feat_dim: int, neck: str, neck_feat: str) -> None:
     if not isinstance(feat_dim, int) or feat_dim < 1:
         raise ReidnetError(f"model.feat_dim must be a positive integer, got {feat_dim!r}.")
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not isinstance(num_classes, int) or num_classes < 0:
         raise ReidnetError(
             f"dataset.num_classes must be a positive integer (the number of training "
             f"identities), got {num_classes!r}."
