@@ -105,7 +105,11 @@ def spec_for(setup: Setup, train_dir: Path, results: Path, batch: int, overrides
             "batch_size": batch,
             "num_workers": min(16, os.cpu_count() or 1),
         },
-        "train": {"num_epochs": 100, "optim": {"warmup_iters": 0}},
+        "train": {
+            "num_epochs": 100,
+            "cudnn": {"benchmark": True, "deterministic": False},
+            "optim": {"warmup_iters": 0},
+        },
     }
     return load_spec(data=data, overrides=overrides)
 

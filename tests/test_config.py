@@ -176,3 +176,51 @@ def test_action_results_dir_defaults_under_results_dir():
     assert spec.action_results_dir("evaluate") == Path("/r/evaluate")
     with pytest.raises(ReidnetError, match="results_dir"):
         load_spec(data={}).action_results_dir("train")
+
+
+def test_compatibility_only_keys_are_warned_about_and_honoured_ones_are_not(caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="reidnet.config")
+    load_spec(
+        data={
+            "dataset": {"num_classes": 500},
+            "evaluate": {"num_gpus": 2, "gpu_ids": [0, 1]},
+            "model": {"jpm": True},
+            "encryption_key": "nvidia_tao",
+            "train": {"optim": {"large_fc_lr": True, "warmup_method": "cosine"}},
+        }
+    )
+    warned = caplog.text
+    for key in ("dataset.num_classes", "evaluate.num_gpus", "model.jpm", "encryption_key"):
+        assert key in warned
+    for honoured in ("large_fc_lr", "warmup_method", "cudnn"):
+        assert honoured not in warned
+
+
+def test_every_spec_key_is_read_by_the_code_or_listed_as_compatibility_only():
+    """A key that no module reads and that is not declared compatibility-only would be accepted
+    silently: the reference's `large_fc_lr` and `cudnn.*` were, before they were honoured."""
+    import reidnet
+    from reidnet.config import COMPAT_ONLY_KEYS, ExperimentSpec
+
+    source_root = Path(reidnet.__file__).parent
+    code = "\n".join(p.read_text() for p in source_root.rglob("*.py") if p.name != "config.py")
+    compat = {name for _, names in COMPAT_ONLY_KEYS.values() for name in names}
+    compat |= {"lr_monitor"}  # warned about in compat_only_keys_set
+    compat |= {"input_channels"}  # Literal[3]: any other value is refused when the spec loads
+
+    def fields(model_class, prefix=""):
+        for name, info in model_class.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+                yield from fields(annotation, f"{prefix}{name}.")
+            else:
+                yield prefix + name, name
+
+    unread = [
+        dotted
+        for dotted, name in fields(ExperimentSpec)
+        if name not in compat and not dotted.startswith("wandb.") and f".{name}" not in code
+    ]
+    assert unread == []

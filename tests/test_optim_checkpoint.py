@@ -1,5 +1,7 @@
 """Learning-rate schedule values, optimizer groups and crash-safe checkpoint writes."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -10,31 +12,57 @@ from reidnet.engine.optim import EpochSchedule, build_optimizer
 from reidnet.errors import ReidnetError
 
 
+# TAO and the strong baseline step WarmupMultiStepLR once before epoch 1, so epoch n (1-based)
+# runs at last_epoch = n: factor 0.01 * (1 - n/10) + n/10 during warm-up, x0.1 from epoch 40.
 @pytest.mark.parametrize(
     ("epoch", "factor"),
     [
-        (0, 0.01),  # warm-up starts at warmup_factor
-        (5, 0.01 * 0.5 + 0.5),  # halfway: linear between 0.01 and 1
-        (10, 1.0),  # warm-up over
+        (1, 0.109),  # 0.01 * 0.9 + 0.1
+        (2, 0.208),  # 0.01 * 0.8 + 0.2
+        (5, 0.505),
+        (9, 0.901),
+        (10, 1.0),  # warm-up over at epoch 10
         (39, 1.0),
-        (40, 0.1),  # first step
+        (40, 0.1),  # first drop at epoch 40
         (69, 0.1),
-        (70, 0.01),  # second step
-        (119, 0.01),
+        (70, 0.01),  # second drop at epoch 70
+        (120, 0.01),
     ],
 )
-def test_warmup_multistep_factors(epoch, factor):
+def test_warmup_multistep_factors_are_indexed_as_tao(epoch, factor):
     assert EpochSchedule(OptimConfig(), 120).factor(epoch) == pytest.approx(factor)
 
 
-def test_constant_warmup_and_cosine():
+def test_constant_warmup():
     constant = EpochSchedule(OptimConfig(warmup_method="constant"), 120)
     assert constant.factor(3) == pytest.approx(0.01)
     assert constant.factor(10) == pytest.approx(1.0)
-    cosine = EpochSchedule(OptimConfig(warmup_method="cosine", warmup_iters=10), 110)
-    assert cosine.factor(10) == pytest.approx(1.0)
-    assert cosine.factor(60) == pytest.approx(0.5)  # halfway through the 100 decay epochs
-    assert cosine.factor(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_is_taos_schedule_with_its_own_warmup():
+    """TAO's CosineLRScheduler: epoch n at t = n - 1; warm-up from 0.01 x base_lr over
+    warmup_epochs, then lr_min + (lr - lr_min)(1 + cos(pi t / T)) / 2, lr_min = 0.002 x base_lr."""
+    optim = OptimConfig(warmup_method="cosine", base_lr=1.0, warmup_epochs=4)
+    cosine = EpochSchedule(optim, 100)
+    assert cosine.lr(1.0, 1) == pytest.approx(0.01)  # t = 0: warmup_lr_init
+    assert cosine.lr(1.0, 3) == pytest.approx(0.01 + 2 * 0.99 / 4)  # t = 2
+    assert cosine.lr(1.0, 5) == pytest.approx(0.002 + 0.998 * 0.5 * (1 + math.cos(0.04 * math.pi)))
+    assert cosine.lr(1.0, 51) == pytest.approx(0.002 + 0.998 * 0.5)  # t = 50: halfway
+    # A group with its own lr (bias_lr_factor, large_fc_lr) shares the absolute start and floor.
+    assert cosine.lr(2.0, 1) == pytest.approx(0.01)
+    assert cosine.lr(2.0, 51) == pytest.approx(0.002 + 1.998 * 0.5)
+
+
+def test_large_fc_lr_gives_the_classifier_twice_the_base_lr():
+    model = nn.Module()
+    model.backbone = nn.Linear(3, 2, bias=False)
+    model.classifier = nn.Linear(2, 5, bias=False)
+    optimizer = build_optimizer(model, OptimConfig(base_lr=0.1, large_fc_lr=True))
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lrs[id(model.classifier.weight)] == pytest.approx(0.2)
+    assert lrs[id(model.backbone.weight)] == pytest.approx(0.1)
+    plain = build_optimizer(model, OptimConfig(base_lr=0.1))
+    assert {g["lr"] for g in plain.param_groups} == {0.1}
 
 
 def test_bias_parameters_get_their_own_lr_and_decay_and_frozen_ones_are_left_out():
@@ -45,7 +73,7 @@ def test_bias_parameters_get_their_own_lr_and_decay_and_frozen_ones_are_left_out
     weights, biases = optimizer.param_groups
     assert (weights["lr"], weights["weight_decay"], len(weights["params"])) == (0.1, 0.01, 2)
     assert (biases["lr"], biases["weight_decay"], len(biases["params"])) == (0.2, 0.0, 1)
-    EpochSchedule(optim, 120).apply(optimizer, 40)
+    EpochSchedule(optim, 120).apply(optimizer, 40)  # epoch 40: the first at x0.1
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.02])
 
 
@@ -74,5 +102,5 @@ def test_load_checkpoint_errors_name_the_key_and_the_problem(tmp_path):
     with pytest.raises(ReidnetError, match="cannot be read"):
         ckpt.load_checkpoint(tmp_path / "junk.pth")
     torch.save({"state_dict": {}}, tmp_path / "other.pth")
-    with pytest.raises(ReidnetError, match="not a reidnet checkpoint"):
+    with pytest.raises(ReidnetError, match="neither a reidnet checkpoint"):
         ckpt.load_checkpoint(tmp_path / "other.pth")

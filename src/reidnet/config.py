@@ -171,19 +171,22 @@ class OptimConfig(_Section):
     weight_decay_bias: float = Field(0.0005, ge=0.0)
     warmup_factor: float = Field(0.01, ge=0.0, le=1.0)
     warmup_iters: int = Field(10, ge=0, description="Warm-up length in epochs.")
-    warmup_epochs: int = Field(20, ge=0, description="Swin variant only; see warmup_iters.")
+    warmup_epochs: int = Field(
+        20, ge=0, description="Warm-up length in epochs of the cosine schedule (TAO's)."
+    )
     warmup_method: Literal["linear", "constant", "cosine"] = Field(
         "linear",
-        description="linear/constant: warm-up then multistep decay; cosine: linear warm-up then "
-        "cosine decay to 0 over num_epochs.",
+        description="linear/constant: warm-up over warmup_iters then multistep decay; cosine: "
+        "TAO's cosine schedule, linear warm-up over warmup_epochs from 0.01 x base_lr, then "
+        "cosine decay towards 0.002 x base_lr at num_epochs.",
     )
     base_lr: float = Field(0.00035, gt=0.0)
     momentum: float = Field(0.9, ge=0.0)
     center_loss_weight: float = Field(0.0005, ge=0.0)
     center_lr: float = Field(0.5, gt=0.0)
     triplet_loss_margin: float = Field(0.3, ge=0.0)
+    large_fc_lr: bool = Field(False, description="Classifier at 2 x base_lr, as TAO does.")
     # Read only by TAO's Swin-transformer ReID; accepted so those specs load.
-    large_fc_lr: bool = False
     cosine_margin: float = 0.5
     cosine_scale: float = 30
     trp_l2: bool = False
@@ -205,8 +208,14 @@ class OptimConfig(_Section):
 
 
 class CuDNNConfig(_Section):
-    benchmark: bool = False
-    deterministic: bool = True
+    """`train.cudnn`: cuDNN flags on CUDA (TAO's defaults: benchmark off, deterministic on)."""
+
+    benchmark: bool = Field(
+        False, description="Let cuDNN time its algorithms for the fixed input shapes (faster)."
+    )
+    deterministic: bool = Field(
+        True, description="Only deterministic cuDNN algorithms (reproducible, can be slower)."
+    )
 
 
 class TrainConfig(_Section):
@@ -362,16 +371,8 @@ class ExperimentSpec(_Section):
         return self
 
     def _warn_on_ignored_keys(self) -> None:
-        for section, names in _IGNORED_KEYS.items():
-            current, default = getattr(self, section), _SECTION_DEFAULTS[section]
-            for name in names:
-                if getattr(current, name) != getattr(default, name):
-                    logger.warning(
-                        "%s.%s is read only by TAO's transformer ReID variant and has no "
-                        "effect in reidnet",
-                        section,
-                        name,
-                    )
+        for key, reason in compat_only_keys_set(self):
+            logger.warning("%s is accepted for TAO compatibility but %s", key, reason)
 
     def action_results_dir(self, action: str) -> Path:
         """Where an action writes: its own `results_dir`, else `<results_dir>/<action>`."""
@@ -386,31 +387,67 @@ class ExperimentSpec(_Section):
         return Path(self.results_dir) / action
 
 
-_IGNORED_KEYS = {
-    "model": [
-        "pretrain_hw_ratio",
-        "id_loss_type",
-        "cos_layer",
-        "dropout_rate",
-        "reduce_feat_dim",
-        "drop_path",
-        "drop_out",
-        "att_drop_rate",
-        "stride_size",
-        "gem_pooling",
-        "stem_conv",
-        "jpm",
-        "shift_num",
-        "shuffle_group",
-        "devide_length",
-        "re_arrange",
-        "sie_coe",
-        "sie_camera",
-        "sie_view",
-        "semantic_weight",
-    ],
+_SWIN_ONLY = "is read only by TAO's transformer ReID variant: it has no effect in reidnet"
+_SINGLE_DEVICE = "reidnet evaluates, infers and exports on one device (gpu_id): it has no effect"
+# Keys the spec accepts so TAO files load, and that change nothing here: a value other than the
+# default is warned about when the spec loads. docs/SPEC.md lists them.
+COMPAT_ONLY_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "model": (
+        _SWIN_ONLY,
+        (
+            "pretrain_hw_ratio",
+            "id_loss_type",
+            "cos_layer",
+            "dropout_rate",
+            "reduce_feat_dim",
+            "drop_path",
+            "drop_out",
+            "att_drop_rate",
+            "stride_size",
+            "gem_pooling",
+            "stem_conv",
+            "jpm",
+            "shift_num",
+            "shuffle_group",
+            "devide_length",
+            "re_arrange",
+            "sie_coe",
+            "sie_camera",
+            "sie_view",
+            "semantic_weight",
+        ),
+    ),
+    "train.optim": (_SWIN_ONLY, ("cosine_margin", "cosine_scale", "trp_l2")),
+    "dataset": (
+        "is ignored: reidnet counts the training identities from the data",
+        ("num_classes",),
+    ),
+    "evaluate": (_SINGLE_DEVICE, ("num_gpus", "gpu_ids", "num_nodes")),
+    "inference": (_SINGLE_DEVICE, ("num_gpus", "gpu_ids", "num_nodes")),
+    "export": ("export runs on the CPU: it has no effect", ("gpu_id",)),
+    "": (
+        "reidnet never encrypts checkpoints and cannot decrypt TAO's: it has no effect",
+        ("encryption_key",),
+    ),
 }
-_SECTION_DEFAULTS = {"model": ModelConfig()}
+
+
+def compat_only_keys_set(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """(dotted key, why it does nothing) for each compatibility-only key set to a non-default."""
+    found = []
+    for path, (reason, names) in COMPAT_ONLY_KEYS.items():
+        section = spec
+        for part in filter(None, path.split(".")):
+            section = getattr(section, part)
+        fields = type(section).model_fields
+        for name in names:
+            if getattr(section, name) != fields[name].get_default(call_default_factory=True):
+                found.append((f"{path}.{name}" if path else name, reason))
+    if "wandb" in spec.model_fields_set and spec.wandb.enable:
+        found.append(("wandb", "reidnet logs to TensorBoard and metrics.jsonl, not to W&B"))
+    if spec.train.optim.lr_monitor != "val_loss":
+        found.append(("train.optim.lr_monitor", "no schedule in reidnet reads a monitored metric"))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

@@ -127,9 +127,9 @@ class TrainingRun:
         self._started_process_group = distributed.start(self.dist, self.device)
         self._check_launch()
         if self.device.type == "cuda":
-            # Fixed shapes: cuDNN's autotuner pays off after the first step. fp32 matmuls
-            # outside autocast (the loss's distance matrix) may use TF32.
-            torch.backends.cudnn.benchmark = True
+            # The spec's cuDNN flags, as TAO applies them (benchmark pays off for fixed shapes).
+            torch.backends.cudnn.benchmark = spec.train.cudnn.benchmark
+            torch.backends.cudnn.deterministic = spec.train.cudnn.deterministic
             torch.set_float32_matmul_precision("high")
         self.pipeline = self._resolve_pipeline()
         self._train_images: gpu.DecodedImages | None = None
@@ -403,7 +403,7 @@ class TrainingRun:
         """One epoch (what `fit` repeats; benchmarks time it): its record, and whether it ran to
         the end (no stop signal)."""
         self.model.train()
-        lr = self.schedule.apply(self.optimizer, epoch)
+        lr = self.schedule.apply(self.optimizer, epoch + 1)
         self._seed_epoch(epoch)
         batches = self._epoch_batches(epoch)
         skip, self.skip_steps = self.skip_steps, 0
