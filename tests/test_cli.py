@@ -42,7 +42,7 @@ def test_every_command_has_help(command):
 def test_spec_check_prints_resolved_spec_with_overrides():
     result = runner.invoke(app, ["spec", "check", "-e", str(TAO_SPEC), "train.num_epochs=7"])
     assert result.exit_code == 0, result.output
-    resolved = yaml.safe_load(result.output)
+    resolved = yaml.safe_load(result.stdout)  # warnings (encryption_key) go to stderr
     assert resolved["train"]["num_epochs"] == 7
     assert resolved["train"]["optim"]["lr_steps"] == [40, 70]  # legacy `steps` resolved
     assert resolved["train"]["cudnn"]["deterministic"] is True  # a default filled in

@@ -70,7 +70,7 @@ def write_spec(data: Path, results: Path, path: Path) -> Path:
         train_dataset_dir=str(data / "bounding_box_train"),
         test_dataset_dir=str(data / "bounding_box_test"),
         query_dataset_dir=str(data / "query"),
-        batch_size=GLOBAL_BATCH // 2,  # per process
+        batch_size=GLOBAL_BATCH,  # the global batch, split between the processes
     )
     raw["train"].update(num_epochs=EPOCHS, validation_interval=EPOCHS)
     path.write_text(yaml.safe_dump(raw))

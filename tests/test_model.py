@@ -256,7 +256,7 @@ def test_channels_last_gives_the_same_embedding():
     ("kwargs", "key"),
     [
         ({"feat_dim": 0}, "model.feat_dim"),
-        ({"num_classes": 0}, "dataset.num_classes"),
+        ({"num_classes": -1}, "dataset.num_classes"),
         ({"neck": "bn"}, "model.neck"),
         ({"neck_feat": "middle"}, "model.neck_feat"),
     ],

@@ -90,24 +90,27 @@ def test_epochs_and_seeds_reshuffle():
     assert make_sampler(seed=5).batches() != epoch0
 
 
-def test_ddp_ranks_get_disjoint_equal_shares_of_whole_batches():
-    # 9 identities x 8 images, K = 4, P = 3: 18 chunks, 6 batches, each image used once.
+def test_ddp_ranks_split_every_global_batch_into_whole_identities():
+    # 9 identities x 8 images, K = 4, P = 6 (global batch 24): 18 chunks, 3 batches; each of
+    # 2 ranks takes 3 whole identities (12 images) of every batch, as TAO's DDP sampler does.
     labels = [pid for pid in range(9) for _ in range(8)]
-    full = make_sampler(labels, seed=9).batches()
-    rank0 = make_sampler(labels, seed=9, num_replicas=2, rank=0)
-    rank1 = make_sampler(labels, seed=9, num_replicas=2, rank=1)
-    assert len(full) == 6
-    assert rank0.batches() == full[0::2]
-    assert rank1.batches() == full[1::2]
+    full = make_sampler(labels, batch_size=24, seed=9).batches()
+    rank0 = make_sampler(labels, batch_size=24, seed=9, num_replicas=2, rank=0)
+    rank1 = make_sampler(labels, batch_size=24, seed=9, num_replicas=2, rank=1)
+    assert len(full) == len(rank0.batches()) == len(rank1.batches()) == 3
+    for whole, part0, part1 in zip(full, rank0.batches(), rank1.batches(), strict=True):
+        assert part0 + part1 == whole
+        for part in (part0, part1):
+            identities = [labels[i] for i in part]
+            assert len(set(identities)) == 3
+            assert all(identities.count(pid) == 4 for pid in set(identities))
+        assert not {labels[i] for i in part0} & {labels[i] for i in part1}
     assert len(rank0) == len(rank1) == 3 * 12
-    assert not set(rank0) & set(rank1)
 
 
-def test_ddp_drops_the_odd_batch_so_ranks_stay_in_step():
-    full = make_sampler(seed=6).batches()
-    shares = [make_sampler(seed=6, num_replicas=3, rank=r).batches() for r in range(3)]
-    assert all(len(share) == len(full) // 3 for share in shares)
-    assert shares[2] == full[2::3][: len(full) // 3]
+def test_a_global_batch_that_ranks_cannot_share_by_identity_is_refused():
+    with pytest.raises(ReidnetError, match=r"global batch.*e\.g\. 24"):
+        make_sampler(batch_size=20, num_instances=4, num_replicas=2, rank=0)
 
 
 def test_batch_size_must_be_a_multiple_of_num_instances():

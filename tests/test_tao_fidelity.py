@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from imagefiles import write_image
 from reidnet.config import load_spec
 from reidnet.convert import convert
 from reidnet.embedder import Embedder
@@ -323,3 +324,31 @@ def test_convert_refuses_existing_target_and_non_reid_graph(tmp_path):
     with pytest.raises(ReidnetError, match="trunk convolutions"):
         convert(source, target, load_spec(None, []), force=True)
     assert target.read_bytes() == b"keep me"
+
+
+def test_evaluate_inference_and_embedder_embed_in_fp32_unless_asked(tao_model, tmp_path):
+    """bf16 autocast is opt-in (`evaluate.amp`, `inference.amp`, `Embedder(amp=True)`)."""
+    from reidnet.engine import embed
+    from reidnet.engine.actions import feature_source
+
+    seen = []
+    real = embed.autocast_for
+
+    def recording(device, enabled=True):
+        seen.append(enabled)
+        return real(device, enabled)
+
+    spec = _tao_spec(tmp_path)
+    spec.evaluate.checkpoint = str(tao_model["pth"])
+    source = feature_source(spec, "evaluate", device="cpu")
+    image = write_image(tmp_path / "0001_c1s1_000001_00.jpg", size=(HEIGHT, WIDTH))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("reidnet.engine.embed.autocast_for", recording)
+        patch.setattr("reidnet.embedder.autocast_for", recording)
+        source.embed([image], spec)
+        spec.inference.checkpoint = str(tao_model["pth"])
+        spec.inference.amp = True
+        feature_source(spec, "inference", device="cpu").embed([image], spec)
+        Embedder.from_file(tao_model["pth"], device="cpu").embed([image])
+        Embedder.from_file(tao_model["pth"], device="cpu", amp=True).embed([image])
+    assert seen == [False, True, False, True]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -100,6 +101,13 @@ def test_checkpoint_carries_what_evaluate_needs(synthetic, tmp_path):
     assert (saved["architecture"]["input_height"], saved["architecture"]["input_width"]) == (32, 16)
     assert saved["architecture"]["pixel_std"] == [0.226, 0.226, 0.226]
     assert {"model", "optimizer", "scheduler", "rng", "spec", "epoch"} <= set(saved)
+
+
+def test_a_num_classes_that_disagrees_with_the_data_is_reported(synthetic, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="reidnet.engine.trainer")
+    run = TrainingRun(tiny_spec(synthetic, tmp_path / "r", "dataset.num_classes=751"))
+    assert run.model.classifier.out_features == 16  # the 16 training identities, not 751
+    assert "dataset.num_classes is 751 but the training data has 16 identities" in caplog.text
 
 
 def test_resumed_run_continues_exactly_like_an_uninterrupted_one(synthetic, tmp_path):

@@ -115,9 +115,17 @@ class DatasetConfig(_Section):
     test_dataset_dir: str | None = None
     query_dataset_dir: str | None = None
     num_classes: int = Field(
-        751, ge=1, description="Ignored: reidnet counts identities from the data."
+        751,
+        ge=1,
+        description="Ignored: reidnet counts identities from the data (a differing value is "
+        "reported when training starts).",
     )
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="The global batch, as in TAO: under torchrun each of N processes trains on "
+        "batch_size / N of it (whole identities).",
+    )
     val_batch_size: int = Field(128, ge=1)
     num_workers: int = Field(8, ge=0, description="Data loader workers (capped at CPU count).")
     pixel_mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -253,9 +261,9 @@ class TrainConfig(_Section):
         "CPU. If compilation fails, training continues eagerly with a warning.",
     )
     sync_bn: bool = Field(
-        False,
+        True,
         description="Multi-GPU (torchrun) runs: BatchNorm statistics over the global batch "
-        "(SyncBatchNorm). GPUs only.",
+        "(SyncBatchNorm), as TAO does; false keeps per-process statistics (faster). GPUs only.",
     )
     optim: OptimConfig = Field(default_factory=OptimConfig)
 
@@ -274,6 +282,11 @@ class _ModelRunSection(_Section):
     )
     test_dataset: str | None = None
     query_dataset: str | None = None
+    amp: bool = Field(
+        False,
+        description="Embed under bf16 autocast on CUDA: faster, but embeddings then differ "
+        "slightly from the fp32 ones of the CPU and ONNX Runtime. Off: fp32 on every device.",
+    )
 
 
 class EvaluateConfig(_ModelRunSection):
@@ -418,10 +431,6 @@ COMPAT_ONLY_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "train.optim": (_SWIN_ONLY, ("cosine_margin", "cosine_scale", "trp_l2")),
-    "dataset": (
-        "is ignored: reidnet counts the training identities from the data",
-        ("num_classes",),
-    ),
     "evaluate": (_SINGLE_DEVICE, ("num_gpus", "gpu_ids", "num_nodes")),
     "inference": (_SINGLE_DEVICE, ("num_gpus", "gpu_ids", "num_nodes")),
     "export": ("export runs on the CPU: it has no effect", ("gpu_id",)),

@@ -59,21 +59,25 @@ class Embedder:
         device: str | torch.device | None = None,
         *,
         batch_size: int = 64,
+        amp: bool = False,
     ) -> Embedder:
-        """A reidnet `.pth` checkpoint (PyTorch) or any ReID `.onnx` model (onnxruntime).
+        """A reidnet `.pth` checkpoint (PyTorch), a TAO checkpoint, or any ReID `.onnx` model
+        (onnxruntime).
 
-        `device` picks CUDA or the CPU (default: CUDA when available). A graph without reidnet
+        `device` picks CUDA or the CPU (default: CUDA when available). PyTorch embeds in fp32
+        (equal to ONNX Runtime's to float precision); `amp=True` uses bf16 autocast on CUDA
+        for speed. A graph without reidnet
         metadata is fed at its own fixed input size (else 256x128) with the ImageNet-style
         mean/std reidnet trains with; evaluate such a graph with a spec to choose others.
         """
         path = Path(path)
         if path.suffix.lower() == ".onnx":
             return cls._from_onnx(path, device, batch_size)
-        return cls._from_checkpoint(path, device, batch_size)
+        return cls._from_checkpoint(path, device, batch_size, amp)
 
     @classmethod
     def _from_checkpoint(
-        cls, path: Path, device: str | torch.device | None, batch_size: int
+        cls, path: Path, device: str | torch.device | None, batch_size: int, amp: bool
     ) -> Embedder:
         checkpoint = ckpt.load_checkpoint(path, key="Embedder.from_file path")
         device = resolve_device(device)
@@ -87,7 +91,7 @@ class Embedder:
             source="checkpoint",
         )
         return cls(
-            _TorchBackend(model, device),
+            _TorchBackend(model, device, amp),
             preprocessing,
             feat_dim=architecture["feat_dim"],
             batch_size=batch_size,
@@ -142,14 +146,14 @@ class Embedder:
 
 
 class _TorchBackend:
-    """The eval forward of a PyTorch network (bf16 autocast on CUDA, as evaluation runs it)."""
+    """The eval forward of a PyTorch network: fp32, or bf16 autocast on CUDA with `amp`."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        self.model, self.device = model.eval(), device
+    def __init__(self, model: torch.nn.Module, device: torch.device, amp: bool = False) -> None:
+        self.model, self.device, self.amp = model.eval(), device, amp
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        with autocast_for(self.device):
+        with autocast_for(self.device, self.amp):
             features = self.model(images.to(self.device))
         return features.float().cpu().numpy()
 

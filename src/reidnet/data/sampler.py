@@ -24,9 +24,11 @@ class RandomIdentitySampler(Sampler[int]):
     left over at the end (fewer than P) are not dropped: they fill one last batch, completed with
     fresh chunks of identities picked at random, so every identity is seen in every epoch.
 
-    The epoch is a pure function of ``(seed, epoch)``; all ranks compute it identically and rank
-    r keeps batches r, r + num_replicas, ..., all ranks the same number (the tail is dropped).
-    Call ``set_epoch`` before each epoch, as with ``DistributedSampler``.
+    ``batch_size`` is the global batch, as in TAO: under DDP every P x K batch is split into
+    ``num_replicas`` parts of P / num_replicas whole identities (K images each), one per rank, so
+    N processes train on the same batches as one process would. The epoch is a pure function of
+    ``(seed, epoch)``; all ranks compute it identically. Call ``set_epoch`` before each epoch, as
+    with ``DistributedSampler``.
     """
 
     def __init__(
@@ -46,7 +48,17 @@ class RandomIdentitySampler(Sampler[int]):
             )
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas})")
-        self.batch_size = batch_size
+        if (batch_size // num_instances) % num_replicas:
+            raise ReidnetError(
+                f"dataset.batch_size {batch_size} is the global batch: "
+                f"{batch_size // num_instances} identities x {num_instances} images, which "
+                f"{num_replicas} processes cannot share with whole identities. Use a "
+                f"dataset.batch_size whose identity count (batch_size / num_instances) is a "
+                f"multiple of {num_replicas}, e.g. "
+                f"{_round_up(batch_size // num_instances, num_replicas) * num_instances}."
+            )
+        self.global_batch_size = batch_size
+        self.batch_size = batch_size // num_replicas  # this rank's part of each batch
         self.num_instances = num_instances
         self.num_identities_per_batch = batch_size // num_instances
         self.seed = seed
@@ -69,11 +81,11 @@ class RandomIdentitySampler(Sampler[int]):
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        """This rank's batches of the current epoch, each ``batch_size`` dataset indices."""
+        """This rank's part of every batch of the current epoch (``batch_size`` indices each)."""
         if self._cached is None or self._cached[0] != self.epoch:
             all_batches = self._epoch_batches(random.Random(self.seed + self.epoch))
-            per_rank = len(all_batches) // self.num_replicas
-            share = all_batches[self.rank :: self.num_replicas][:per_rank]
+            start = self.rank * self.batch_size  # chunks of K are consecutive in a batch
+            share = [batch[start : start + self.batch_size] for batch in all_batches]
             self._cached = (self.epoch, share)
         return self._cached[1]
 
@@ -132,3 +144,7 @@ class RandomIdentitySampler(Sampler[int]):
         for label in rng.sample(others, self.num_identities_per_batch - len(leftover)):
             batch += self._chunk(rng, self._indices_by_label[label])
         return batch
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple

@@ -55,7 +55,12 @@ def query_gallery_folders(spec: ExperimentSpec, action: str) -> tuple[Path, Path
 
 
 def embed_paths(
-    model: torch.nn.Module, architecture: dict, paths: list, spec: ExperimentSpec, device
+    model: torch.nn.Module,
+    architecture: dict,
+    paths: list,
+    spec: ExperimentSpec,
+    device,
+    amp: bool = False,
 ) -> torch.Tensor:
     """Features of `paths` with the checkpoint's input size and normalisation."""
     return extract_features(
@@ -68,6 +73,7 @@ def embed_paths(
         batch_size=spec.dataset.val_batch_size,
         num_workers=spec.dataset.num_workers,
         device=device,
+        amp=amp,
     )
 
 
@@ -90,9 +96,10 @@ class CheckpointFeatures:
     architecture: dict
     device: torch.device
     model_file: str = ""
+    amp: bool = False  # bf16 autocast on CUDA (`<action>.amp`); fp32 otherwise
 
     def embed(self, paths: list, spec: ExperimentSpec) -> torch.Tensor:
-        return embed_paths(self.model, self.architecture, paths, spec, self.device)
+        return embed_paths(self.model, self.architecture, paths, spec, self.device, self.amp)
 
 
 def feature_source(
@@ -111,7 +118,9 @@ def feature_source(
     checkpoint = ckpt.load_checkpoint(config.checkpoint, f"{action}.checkpoint", spec)
     ckpt.check_spec_matches(checkpoint, spec.model, config.checkpoint)
     model = ckpt.model_from_checkpoint(checkpoint, device)
-    return CheckpointFeatures(model, checkpoint["architecture"], device, str(config.checkpoint))
+    return CheckpointFeatures(
+        model, checkpoint["architecture"], device, str(config.checkpoint), config.amp
+    )
 
 
 def score_features(

@@ -49,12 +49,13 @@ def extract_features(
     batch_size: int = 128,
     num_workers: int = 0,
     device: torch.device | None = None,
-    amp: bool = True,
+    amp: bool = False,
 ) -> torch.Tensor:
     """Embeddings [N, D] (float32, on the CPU, in the order of `paths`) from the eval forward.
 
-    The model is put in eval mode (flip feature included when the model uses it). On CUDA the
-    forward runs under bf16 autocast; features are returned in float32.
+    The model is put in eval mode (flip feature included when the model uses it). The forward
+    runs in fp32, so CPU, CUDA and ONNX embeddings of one model agree; with `amp` it runs under
+    bf16 autocast on CUDA (faster, slightly different); features are returned in float32.
     """
     device = device or next(model.parameters()).device
     transform = build_eval_transform(height, width, pixel_mean, pixel_std)

@@ -175,15 +175,21 @@ class TrainingRun:
                 self.device,
                 train.num_gpus,
             )
+        batch = self.spec.dataset.batch_size
+        if self.dist.enabled and batch % self.dist.world_size:
+            raise ReidnetError(
+                f"dataset.batch_size {batch} is the global batch and {self.dist.world_size} "
+                f"processes cannot split it evenly: use a multiple of {self.dist.world_size}"
+            )
         if self.dist.enabled and self.dist.is_main:
             logger.info(
                 "distributed training: %d processes (%d per node), %s backend; "
-                "dataset.batch_size %d per process, global batch %d",
+                "dataset.batch_size %d is the global batch, %d per process",
                 self.dist.world_size,
                 self.dist.local_world_size,
                 "nccl" if self.device.type == "cuda" else "gloo",
                 self.spec.dataset.batch_size,
-                self.spec.dataset.batch_size * self.dist.world_size,
+                self.spec.dataset.batch_size // self.dist.world_size,
             )
 
     def _resolve_pipeline(self) -> str:
@@ -226,6 +232,15 @@ class TrainingRun:
             )
             self.spec = self.spec.model_copy(update={"model": adopted})
         spec, num_classes = self.spec, self.train_set.num_classes
+        stated = spec.dataset.num_classes
+        if "num_classes" in spec.dataset.model_fields_set and stated != num_classes:
+            logger.warning(
+                "dataset.num_classes is %d but the training data has %d identities: "
+                "the classifier gets %d outputs (reidnet counts them, TAO needs them set by hand)",
+                stated,
+                num_classes,
+                num_classes,
+            )
         model = spec.model
         self.model = ReIdentificationNet(
             model.backbone,
@@ -257,12 +272,10 @@ class TrainingRun:
         ).to(self.device)
 
     def _convert_sync_bn(self) -> None:
-        if not self.spec.train.sync_bn:
-            return
-        if not self.dist.enabled:
-            logger.info("train.sync_bn has no effect in a single process")
-        elif self.device.type != "cuda":
-            logger.warning("train.sync_bn needs GPUs (SyncBatchNorm has no CPU kernel): ignored")
+        if not self.spec.train.sync_bn or not self.dist.enabled:
+            return  # one process: its BatchNorm already sees the whole batch
+        if self.device.type != "cuda":
+            logger.info("train.sync_bn needs GPUs (SyncBatchNorm has no CPU kernel): not used")
         else:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
 
@@ -508,10 +521,10 @@ class TrainingRun:
             # The same order on every rank (each takes its own share), whatever their seeds.
             shuffle = torch.Generator().manual_seed(max(self.spec.train.seed, 0) * 1009 + epoch)
             order = torch.randperm(len(labels), generator=shuffle).tolist()
-            size = data.batch_size
+            size = data.batch_size  # the global batch, as in TAO; each rank takes a slice
             batches = [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
-            batches = batches or [order]
-            return batches[rank::world][: max(1, len(batches) // world)]
+            part = len(batches[0] if batches else order) // world
+            return [b[rank * part : (rank + 1) * part] for b in batches or [order]]
         sampler = RandomIdentitySampler(
             labels,
             data.batch_size,
