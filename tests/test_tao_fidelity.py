@@ -252,17 +252,27 @@ def tiny_dataset(tmp_path_factory):
     return root
 
 
-def test_fine_tune_from_tao_checkpoint_builds_tao_network(tao_model, tmp_path, tiny_dataset):
-    """pretrain_choice self with a TAO file: the trainer builds TAO's network from the file."""
+@pytest.mark.parametrize("source", ["tao-pth", "converted-onnx"])
+def test_fine_tune_from_tao_checkpoint_builds_tao_network(
+    tao_model, tmp_path, tiny_dataset, source
+):
+    """pretrain_choice self with a TAO file, or with `convert` of TAO's ONNX (no classifier): the
+    trainer builds TAO's network from the file, and one training step runs."""
     from reidnet.engine.trainer import TrainingRun
 
+    pretrained = tao_model["pth"]
+    if source == "converted-onnx":
+        _export_onnx(tao_model["model"], tmp_path / "tao.onnx", fold=True)
+        pretrained, _ = convert(
+            tmp_path / "tao.onnx", tmp_path / "converted.pth", _tao_spec(tmp_path)
+        )
     spec = load_spec(
         None,
         [
             f"results_dir={tmp_path / 'results'}",
             f"dataset.train_dataset_dir={tiny_dataset / 'bounding_box_train'}",
             "model.pretrain_choice=self",
-            f"model.pretrained_model_path={tao_model['pth']}",
+            f"model.pretrained_model_path={pretrained}",
             f"model.input_height={HEIGHT}",
             f"model.input_width={WIDTH}",
             "dataset.batch_size=8",
@@ -276,6 +286,9 @@ def test_fine_tune_from_tao_checkpoint_builds_tao_network(tao_model, tmp_path, t
         with torch.no_grad():
             ours = run.model.eval()(_images()).numpy()
         _assert_same(ours, tao_model["reference"])
+        assert run.model.classifier.out_features == 4  # 6 identities, 2 held out for test
+        run.spec.train.num_epochs = 1
+        assert np.isfinite(run.fit().history[0]["loss_total"])
     finally:
         run.close()
 

@@ -161,23 +161,45 @@ def adopt_pretrained_architecture(model_spec, path: str | Path | None):
     if not path:
         return model_spec
     state = tao_state_dict(load_state_dict_file(path))
-    if state is None:
-        return model_spec
-    found = tao_architecture(state, model_spec, path)
+    if state is not None:
+        found, origin = tao_architecture(state, model_spec, path), "the TAO checkpoint"
+    else:
+        found, origin = _reidnet_architecture(path), "the checkpoint"
+        if found is None:
+            return model_spec
     update = {}
     for field in ("network", "backbone", "feat_dim", "neck"):
         if getattr(model_spec, field) == found[field]:
             continue
         if field in model_spec.model_fields_set:
             logger.warning(
-                "model.%s is %r but the TAO checkpoint %s was trained with %r: using %r",
+                "model.%s is %r but %s %s was trained with %r: using %r",
                 field,
                 getattr(model_spec, field),
+                origin,
                 path,
                 found[field],
                 found[field],
             )
         update[field] = found[field]
     if update:
-        logger.info("fine-tuning TAO's network from %s: %s", path, update)
+        logger.info("fine-tuning the network of %s: %s", path, update)
     return model_spec.model_copy(update=update)
+
+
+def _reidnet_architecture(path: str | Path) -> dict | None:
+    """The architecture a reidnet checkpoint records (`reidnet convert` writes one), or None for
+    a plain state dict, whose architecture the spec must then give."""
+    from reidnet.model.backbone import safe_numpy_globals
+
+    with torch.serialization.safe_globals(safe_numpy_globals()):
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    architecture = content.get("architecture") if isinstance(content, dict) else None
+    if not isinstance(architecture, dict):
+        return None
+    found = {
+        field: architecture[field]
+        for field in ("network", "backbone", "feat_dim", "neck")
+        if field in architecture
+    }
+    return found if len(found) == 4 else None
