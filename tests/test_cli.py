@@ -1,5 +1,6 @@
 """The command line: help everywhere, spec commands, clean user errors (exit 2, no traceback)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,41 @@ def test_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_output_to_a_file_is_one_plain_line_per_record(tmp_path):
+    """Piped to a file, nothing wraps at 80 columns: a long path stays on its line, every log
+    record is one line with an ISO 8601 timestamp, and there are no colour codes."""
+    out = tmp_path / ("a-folder-with-a-name-long-enough-to-wrap-at-eighty-columns" * 2) / "synth"
+    with open(tmp_path / "stdout.txt", "w") as stdout, open(tmp_path / "stderr.txt", "w") as err:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reidnet",
+                "-v",
+                "dataset",
+                "synth",
+                str(out),
+                "--identities",
+                "4",
+                "--test-identities",
+                "2",
+                "--images-per-identity",
+                "2",
+            ],
+            stdout=stdout,
+            stderr=err,
+            timeout=120,
+        )
+    assert result.returncode == 0
+    printed = (tmp_path / "stdout.txt").read_text().splitlines()
+    assert any(str(out) in line for line in printed), printed
+    records = (tmp_path / "stderr.txt").read_text().splitlines()
+    assert records, "the run logs what it wrote"
+    iso = re.compile(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) "
+    )
+    for line in records:
+        assert iso.match(line), line
+    assert "\x1b[" not in "".join(printed + records)

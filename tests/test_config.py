@@ -225,3 +225,27 @@ def test_every_spec_key_is_read_by_the_code_or_listed_as_compatibility_only():
         if name not in compat and not dotted.startswith("wandb.") and f".{name}" not in code
     ]
     assert unread == []
+
+
+def test_relative_paths_in_a_spec_file_resolve_against_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "specs"
+    folder.mkdir(parents=True)
+    (folder / "train.yaml").write_text(
+        "results_dir: ../results\n"
+        "model: {pretrained_model_path: weights/r50.pth}\n"
+        "dataset:\n"
+        "  train_dataset_dir: [../data/a, {path: ../data/b, source: synthetic}, /abs/c]\n"
+        "  query_dataset_dir: ../data/query\n"
+        "evaluate: {checkpoint: ../results/train/model_epoch_010.pth}\n"
+    )
+    monkeypatch.chdir(tmp_path)  # somewhere else: the file's folder decides, not this one
+    spec = load_spec(folder / "train.yaml", ["dataset.test_dataset_dir=data/gallery"])
+    project = tmp_path / "project"
+    assert Path(spec.results_dir) == folder / "../results"
+    assert Path(spec.results_dir).resolve() == project / "results"
+    assert Path(spec.model.pretrained_model_path) == folder / "weights" / "r50.pth"
+    paths = [Path(f.path).resolve() for f in spec.dataset.train_folders()]
+    assert paths == [project / "data" / "a", project / "data" / "b", Path("/abs/c")]
+    assert Path(spec.dataset.query_dataset_dir).resolve() == project / "data" / "query"
+    assert Path(spec.evaluate.checkpoint).resolve() == project / "results/train/model_epoch_010.pth"
+    assert spec.dataset.test_dataset_dir == "data/gallery"  # an override: the current folder

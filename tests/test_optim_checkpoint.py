@@ -104,3 +104,21 @@ def test_load_checkpoint_errors_name_the_key_and_the_problem(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pth")
     with pytest.raises(ReidnetError, match="neither a reidnet checkpoint"):
         ckpt.load_checkpoint(tmp_path / "other.pth")
+
+
+def test_unreadable_checkpoints_get_one_short_message(tmp_path):
+    """Neither PyTorch's weights_only advice ("re-running with weights_only=False will likely
+    succeed", wrong for a damaged or foreign file) nor its miniz paragraph reach the user."""
+    import pickle
+
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"x": torch.zeros(64)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"x": pickle.UnpicklingError("any class at all")}, foreign)
+    for path in (truncated, foreign):
+        with pytest.raises(ReidnetError) as caught:
+            ckpt.load_checkpoint(path, "evaluate.checkpoint")
+        message = str(caught.value)
+        assert str(path) in message and "weights_only" not in message
+        assert "internal miniz error" not in message and len(message) < 400, message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from reidnet.config import load_spec
+from reidnet.data.market import read_records
 from reidnet.data.synthetic import generate_synthetic_dataset
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine.actions import evaluate, run_inference, score_model
@@ -82,8 +84,17 @@ def test_training_beats_the_untrained_model_and_writes_its_outputs(synthetic, tm
     assert sorted(p.name for p in out.glob("*.pth")) == [
         "model_epoch_004.pth",
         "model_epoch_008.pth",
+        "reid_model_best.pth",
         "reid_model_latest.pth",
     ]
+    validated = {h["epoch"]: h["validation"]["mAP"] for h in result.history if "validation" in h}
+    best_epoch = max(validated, key=validated.get)
+    assert ckpt.load_checkpoint(out / "reid_model_best.pth")["epoch"] == best_epoch
+    log = (out / "train.log").read_text().splitlines()
+    epoch_lines = [line for line in log if "reidnet.engine.trainer: epoch 8/8 " in line]
+    assert any("mAP=" in line for line in epoch_lines)  # one record per line, never wrapped
+    again = train(spec)  # a finished run is not trained again
+    assert again.already_complete and again.epochs_completed == 8
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == list(range(1, 9))
     assert {"loss_id", "loss_triplet", "loss_total", "lr", "train_accuracy"} <= set(lines[0])
@@ -108,6 +119,13 @@ def test_a_num_classes_that_disagrees_with_the_data_is_reported(synthetic, tmp_p
     run = TrainingRun(tiny_spec(synthetic, tmp_path / "r", "dataset.num_classes=751"))
     assert run.model.classifier.out_features == 16  # the 16 training identities, not 751
     assert "dataset.num_classes is 751 but the training data has 16 identities" in caplog.text
+
+
+def test_only_the_newest_checkpoints_are_kept_besides_latest_and_best(synthetic, tmp_path):
+    spec = tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=3", "train.keep_checkpoints=1")
+    train(spec)
+    names = sorted(p.name for p in (tmp_path / "r" / "train").glob("*.pth"))
+    assert names == ["model_epoch_003.pth", "reid_model_best.pth", "reid_model_latest.pth"]
 
 
 def test_resumed_run_continues_exactly_like_an_uninterrupted_one(synthetic, tmp_path):
@@ -174,7 +192,11 @@ def test_inference_on_any_folder_of_crops(synthetic, tmp_path):
     for i, path in enumerate(sorted((synthetic / "query").iterdir())[:3]):
         shutil.copy(path, crops / f"crop_{i}.jpg")
     spec = tiny_spec(synthetic, tmp_path / "r", f"inference.checkpoint={result.last_checkpoint}")
-    outcome = run_inference(spec, input_dir=crops)
+    before = run_inference(spec).count  # every query and gallery image
+    with pytest.raises(ReidnetError, match=r"inference would overwrite .*result\.json.*--force"):
+        run_inference(spec, input_dir=crops)  # used to replace the full result without a word
+    assert len(json.loads((tmp_path / "r/inference/result.json").read_text())) == before
+    outcome = run_inference(spec, input_dir=crops, force=True)
     assert outcome.count == 3
 
 
@@ -194,6 +216,20 @@ def test_evaluate_writes_results_and_plots(synthetic, tmp_path):
     assert 0.0 <= saved["mAP"] <= 1.0 and len(saved["cmc"]) == 50
     for path in outcome.plots.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # which model, input size, epoch and checkpoint it scored, and when
+    assert saved["model"]["backbone"] == "resnet_18" and saved["model"]["feat_dim"] == 64
+    assert (saved["input_size"], saved["epoch"]) == ([32, 16], 1)
+    assert saved["checkpoint"] == str(result.last_checkpoint)
+    assert datetime.fromisoformat(saved["evaluated"]).tzinfo is not None
+    # the record of the run: resolved spec, log, environment
+    out = outcome.results_file.parent
+    assert load_spec(out / "resolved_spec.yaml").re_ranking.k1 == 5
+    assert "mAP" in (out / "evaluate.log").read_text()
+    environment = json.loads((out / "environment.json").read_text())
+    assert environment["torch"] == torch.__version__ and environment["action"] == "evaluate"
+    with pytest.raises(ReidnetError, match="evaluate would overwrite"):
+        evaluate(spec)
+    assert evaluate(spec, force=True).metrics == outcome.metrics
 
 
 def test_dataset_problems_stop_training_before_the_first_step(synthetic, tmp_path):
@@ -211,18 +247,40 @@ def test_too_few_identities_for_a_batch_says_how_many_are_needed(synthetic, tmp_
         TrainingRun(spec)
 
 
-def test_checkpoint_that_does_not_match_the_spec_names_the_field(synthetic, tmp_path):
+def test_default_specs_evaluate_any_checkpoint_which_is_the_truth_for_the_model(
+    synthetic, tmp_path, caplog
+):
+    """The TAO flow: `default-specs` writes every key (model.backbone resnet_50, 256x128, no data
+    folders); evaluate, inference and export of a resnet_18 checkpoint still run, with the
+    checkpoint's network and data, and one warning per disagreeing value."""
+    from reidnet.config import write_default_specs
+    from reidnet.export import run_export
+
     result = train(tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=1"))
-    spec = tiny_spec(
-        synthetic,
-        tmp_path / "r",
-        f"evaluate.checkpoint={result.last_checkpoint}",
-        "model.feat_dim=128",
+    direct = evaluate(
+        tiny_spec(synthetic, tmp_path / "r", f"evaluate.checkpoint={result.last_checkpoint}")
     )
-    with pytest.raises(
-        ReidnetError, match=r"model\.feat_dim=64 but the spec sets model\.feat_dim=128"
-    ):
-        evaluate(spec)
+    specs = {p.stem: p for p in write_default_specs(tmp_path / "defaults")}
+    caplog.set_level(logging.INFO)
+    outcome = evaluate(
+        load_spec(specs["evaluate"], [f"evaluate.checkpoint={result.last_checkpoint}"])
+    )
+    assert outcome.metrics == direct.metrics  # same network, same input size, same data
+    warned = caplog.text
+    assert "model.backbone is 'resnet_50' in the spec but checkpoint" in warned
+    assert "trained with 'resnet_18': using 'resnet_18'" in warned
+    assert "model.input_height is 256 in the spec" in warned
+    assert "from the spec stored in the checkpoint" in warned
+    inferred = run_inference(
+        load_spec(specs["inference"], [f"inference.checkpoint={result.last_checkpoint}"])
+    )
+    assert inferred.count == len(read_records(synthetic / "query")) + len(
+        read_records(synthetic / "bounding_box_test")
+    )
+    exported = run_export(
+        load_spec(specs["export"], [f"export.checkpoint={result.last_checkpoint}"])
+    )
+    assert exported.metadata["backbone"] == "resnet_18"
 
 
 def test_missing_checkpoint_path_says_so(synthetic, tmp_path):

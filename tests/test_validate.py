@@ -126,3 +126,13 @@ def test_missing_folder_is_an_error(tmp_path):
     report = validate_dataset(test_dir=tmp_path / "nope", query_dir=tmp_path / "q")
     assert "missing_folder" in report.codes()
     assert not report.ok
+
+
+def test_a_file_that_is_no_image_is_named_without_internals(tmp_path):
+    from reidnet.data.validate import _inspect_image
+
+    garbage = tmp_path / "0001_c1s1_000001_00.jpg"
+    garbage.write_bytes(b"this is not an image at all" * 10)
+    problem, digest = _inspect_image(garbage)
+    assert digest is None and problem.startswith("not an image PIL can read")
+    assert "BytesIO" not in problem  # PIL's message names its in-memory buffer

@@ -20,8 +20,17 @@ from rich.text import Text
 
 from reidnet.errors import ReidnetError
 
-console = Console()
-error_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """Rich on a terminal; off one (a pipe, a file, a job log) lines are never wrapped."""
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, soft_wrap=True, width=1000, no_color=True, highlight=False)
+
+
+console = _console()
+error_console = _console(stderr=True)
 
 app = typer.Typer(
     name="reidnet",
@@ -53,14 +62,9 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 def _configure(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    from rich.logging import RichHandler
+    from reidnet.logs import configure_logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=error_console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
+    configure_logging(verbose)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,18 +127,31 @@ def train_command(spec: SpecOption, overrides: Overrides = None) -> None:
     result = train(loaded)
     if not distributed.torchrun_context().is_main:
         return
+    if result.already_complete:
+        console.print(
+            f"already complete: {result.epochs_completed} epochs in {result.results_dir} "
+            f"(checkpoint {result.last_checkpoint}); raise train.num_epochs to train further"
+        )
+        return
     console.print(f"checkpoint: {result.last_checkpoint}")
     if result.final_metrics:
         _print_metrics(result.final_metrics, "validation")
 
 
+ForceFlag = Annotated[
+    bool, typer.Option("--force", help="Replace the results of an earlier run in the same place.")
+]
+
+
 @app.command("evaluate")
-def evaluate_command(spec: SpecOption, overrides: Overrides = None) -> None:
+def evaluate_command(
+    spec: SpecOption, overrides: Overrides = None, force: ForceFlag = False
+) -> None:
     """mAP, rank-1/5/10, mINP of evaluate.checkpoint or .onnx_file on query/gallery, plus plots."""
     from reidnet.config import load_spec
     from reidnet.engine.actions import evaluate
 
-    outcome = evaluate(load_spec(spec, overrides or []))
+    outcome = evaluate(load_spec(spec, overrides or []), force=force)
     _print_metrics(outcome.metrics, "evaluation")
     console.print(f"results: {outcome.results_file}")
     for name, path in outcome.plots.items():
@@ -148,12 +165,13 @@ def inference_command(
     input_dir: Annotated[
         Path | None, typer.Option("--input", help="Embed every image of this folder instead.")
     ] = None,
+    force: ForceFlag = False,
 ) -> None:
     """Embeddings of every query and gallery image (or of --input) as JSON, .npy and CSV."""
     from reidnet.config import load_spec
     from reidnet.engine.actions import run_inference
 
-    outcome = run_inference(load_spec(spec, overrides or []), input_dir=input_dir)
+    outcome = run_inference(load_spec(spec, overrides or []), input_dir=input_dir, force=force)
     console.print(
         f"{outcome.count} embeddings: {outcome.json_file}, {outcome.npy_file}, {outcome.index_file}"
     )

@@ -237,7 +237,16 @@ class TrainConfig(_Section):
     cudnn: CuDNNConfig = Field(default_factory=CuDNNConfig)
     num_epochs: int = Field(120, ge=1)
     checkpoint_interval: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(
+        5,
+        ge=0,
+        description="How many model_epoch_NNN.pth to keep (the newest); 0 keeps every one. "
+        "reid_model_latest.pth and reid_model_best.pth (best validation mAP) are kept besides.",
+    )
     validation_interval: int = Field(10, ge=1)
+    log_every_n_steps: int = Field(
+        50, ge=1, description="A progress log line every N steps when not on a terminal."
+    )
     resume_training_checkpoint_path: str | None = None
     grad_clip: float = Field(0.0, ge=0.0, description="Max gradient norm; 0 disables clipping.")
     amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported).")
@@ -476,12 +485,67 @@ def load_spec(
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
+        _resolve_relative_paths(raw, Path(path).resolve().parent)
     if data is not None:
         raw = _deep_merge(raw, data)
     for override in overrides:
         key, value = parse_override(override)
         _set_dotted(raw, key, value, source)
     return validate_spec(raw, source)
+
+
+# Keys that hold file or folder paths. A relative path written in a spec file means relative to
+# that file's folder (as in most tools' config files); on the command line, to the current folder.
+PATH_KEYS = (
+    "results_dir",
+    "model.pretrained_model_path",
+    "dataset.test_dataset_dir",
+    "dataset.query_dataset_dir",
+    "train.results_dir",
+    "train.resume_training_checkpoint_path",
+    *(
+        f"{action}.{key}"
+        for action in ("evaluate", "inference")
+        for key in ("results_dir", "checkpoint", "onnx_file", "test_dataset", "query_dataset")
+    ),
+    "evaluate.output_sampled_matches_plot",
+    "evaluate.output_cmc_curve_plot",
+    "inference.output_file",
+    "export.results_dir",
+    "export.checkpoint",
+    "export.onnx_file",
+)
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of a spec file's PATH_KEYS and train folders absolute from
+    `base`, the file's folder (in place; other values are left to validation)."""
+
+    def resolved(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            return str(base / value)
+        return value
+
+    for dotted in PATH_KEYS:
+        *parents, name = dotted.split(".")
+        section = raw
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict) and name in section:
+            section[name] = resolved(section[name])
+    dataset = raw.get("dataset")
+    if not isinstance(dataset, dict) or "train_dataset_dir" not in dataset:
+        return
+    folders = dataset["train_dataset_dir"]
+    if isinstance(folders, str):
+        dataset["train_dataset_dir"] = resolved(folders)
+    elif isinstance(folders, list):
+        dataset["train_dataset_dir"] = [
+            {**entry, "path": resolved(entry.get("path"))}
+            if isinstance(entry, dict)
+            else resolved(entry)
+            for entry in folders
+        ]
 
 
 def validate_spec(raw: dict[str, Any], source: str = "spec") -> ExperimentSpec:
@@ -528,7 +592,7 @@ def default_spec_dict(results_dir: str | None = None) -> dict[str, Any]:
 
 def write_default_specs(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write `<action>.yaml` for every action, each holding every key with its default."""
-    results_dir = Path(results_dir)
+    results_dir = Path(results_dir).resolve()  # the files may move; paths in them must not
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "specs"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -6,6 +6,7 @@ Everything it makes lies under one folder, and the summary lists every path.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -66,6 +67,10 @@ def run_quickstart(
         logger.info("generating a synthetic dataset in %s", data_dir)
         generate_synthetic_dataset(data_dir, seed=0, **SYNTH_ARGS)
     seconds["data"] = time.perf_counter() - clock
+    results = Path(spec.results_dir)
+    if results.exists():  # a second tour in one folder starts from an untrained model again
+        logger.info("removing the previous quick-start run in %s (the dataset is kept)", results)
+        shutil.rmtree(results)
 
     clock = time.perf_counter()
     run = TrainingRun(spec, device)

@@ -206,7 +206,7 @@ def generate_synthetic_dataset(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     summary = _summarise(out_dir, jobs, request.distractors)
-    logger.info("wrote %d synthetic images to %s", summary.images, out_dir)
+    logger.debug("wrote %d synthetic images to %s", summary.images, out_dir)
     return summary
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from reidnet.data.market import (
     DISTRACTOR_PID,
@@ -174,6 +174,8 @@ def _inspect_image(path: Path) -> tuple[str | None, str | None]:
             image.load()
             if image.width == 0 or image.height == 0:
                 return "zero-size image", None
+    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        return "not an image PIL can read (unknown format, or a corrupt header)", None
     except Exception as error:  # PIL raises many types for bad data
         return str(error) or type(error).__name__, None
     return None, hashlib.blake2b(data, digest_size=16).hexdigest()

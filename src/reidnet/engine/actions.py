@@ -20,6 +20,7 @@ from reidnet.config import ExperimentSpec
 from reidnet.data.market import ImageRecord, is_image_file, read_records
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine.embed import extract_features, resolve_device
+from reidnet.engine.record import now_iso, refuse_overwrite, run_record
 from reidnet.engine.retrieval import RetrievalScore, score_retrieval
 from reidnet.errors import ReidnetError
 
@@ -41,11 +42,28 @@ class InferenceOutcome:
     count: int
 
 
-def query_gallery_folders(spec: ExperimentSpec, action: str) -> tuple[Path, Path]:
-    """The query and gallery folders of an action, falling back to the dataset section."""
+def query_gallery_folders(
+    spec: ExperimentSpec, action: str, recorded: dict | None = None
+) -> tuple[Path, Path]:
+    """The query and gallery folders of an action: `<action>.query_dataset` / `.test_dataset`,
+    else the dataset section, else the dataset the checkpoint was trained with (`recorded`, the
+    spec stored in the checkpoint), with a log line saying which."""
     section = getattr(spec, action)
     query = section.query_dataset or spec.dataset.query_dataset_dir
     gallery = section.test_dataset or spec.dataset.test_dataset_dir
+    if (not query or not gallery) and recorded:
+        stored = recorded.get("dataset") or {}
+        if stored.get("query_dataset_dir") and stored.get("test_dataset_dir"):
+            query = query or stored["query_dataset_dir"]
+            gallery = gallery or stored["test_dataset_dir"]
+            logger.info(
+                "query %s and gallery %s: from the spec stored in the checkpoint (set "
+                "%s.query_dataset / %s.test_dataset to use others)",
+                query,
+                gallery,
+                action,
+                action,
+            )
     if not query or not gallery:
         raise ReidnetError(
             f"{action} needs query and gallery folders: set {action}.query_dataset and "
@@ -97,6 +115,8 @@ class CheckpointFeatures:
     device: torch.device
     model_file: str = ""
     amp: bool = False  # bf16 autocast on CUDA (`<action>.amp`); fp32 otherwise
+    recorded_spec: dict | None = None  # the spec the checkpoint was trained with
+    epoch: int | None = None  # the training epoch the checkpoint was saved at
 
     def embed(self, paths: list, spec: ExperimentSpec) -> torch.Tensor:
         return embed_paths(self.model, self.architecture, paths, spec, self.device, self.amp)
@@ -116,10 +136,16 @@ def feature_source(
             logger.info("%s is set: %s.checkpoint is not used", key, action)
         return OnnxFeatures.load(config.onnx_file or config.checkpoint, spec, device, key)
     checkpoint = ckpt.load_checkpoint(config.checkpoint, f"{action}.checkpoint", spec)
-    ckpt.check_spec_matches(checkpoint, spec.model, config.checkpoint)
+    ckpt.report_spec_disagreements(checkpoint, spec, config.checkpoint)
     model = ckpt.model_from_checkpoint(checkpoint, device)
     return CheckpointFeatures(
-        model, checkpoint["architecture"], device, str(config.checkpoint), config.amp
+        model,
+        checkpoint["architecture"],
+        device,
+        str(config.checkpoint),
+        config.amp,
+        checkpoint.get("spec"),
+        checkpoint.get("epoch"),
     )
 
 
@@ -148,27 +174,54 @@ def score_model(
     return score_features(source, query_records, gallery_records, spec)
 
 
-def evaluate(spec: ExperimentSpec, device: str | torch.device | None = None) -> EvaluationOutcome:
-    """Score the checkpoint or ONNX model on query/gallery; write results.json and both plots."""
-    source = feature_source(spec, "evaluate", device)
-    query_dir, gallery_dir = query_gallery_folders(spec, "evaluate")
-    query_records, gallery_records = read_records(query_dir), read_records(gallery_dir)
-    score = score_features(source, query_records, gallery_records, spec)
+def evaluate(
+    spec: ExperimentSpec, device: str | torch.device | None = None, force: bool = False
+) -> EvaluationOutcome:
+    """Score the checkpoint or ONNX model on query/gallery; write results.json and both plots,
+    next to the run's record (resolved spec, log, environment). Existing results are refused
+    unless `force`."""
     out_dir = spec.action_results_dir("evaluate")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = {
-        "checkpoint": source.model_file,
-        "query_dataset": str(query_dir),
-        "test_dataset": str(gallery_dir),
-        "num_query": len(query_records),
-        "num_gallery": len(gallery_records),
-        **score.metrics,
-        "cmc": [float(v) for v in score.cmc],
-    }
-    results_file = out_dir / "results.json"
-    ckpt.atomic_write_text(results_file, json.dumps(results, indent=2))
-    plots = write_plots(score, query_records, gallery_records, spec, out_dir)
+    refuse_overwrite([out_dir / "results.json", *plot_paths(spec, out_dir)], "evaluate", force)
+    with run_record(spec, "evaluate", device) as out_dir:
+        source = feature_source(spec, "evaluate", device)
+        recorded = getattr(source, "recorded_spec", None)
+        query_dir, gallery_dir = query_gallery_folders(spec, "evaluate", recorded)
+        query_records, gallery_records = read_records(query_dir), read_records(gallery_dir)
+        score = score_features(source, query_records, gallery_records, spec)
+        results = {
+            "checkpoint": source.model_file,
+            **describe_source(source),
+            "evaluated": now_iso(),
+            "query_dataset": str(query_dir),
+            "test_dataset": str(gallery_dir),
+            "num_query": len(query_records),
+            "num_gallery": len(gallery_records),
+            **score.metrics,
+            "cmc": [float(v) for v in score.cmc],
+        }
+        results_file = out_dir / "results.json"
+        ckpt.atomic_write_text(results_file, json.dumps(results, indent=2))
+        plots = write_plots(score, query_records, gallery_records, spec, out_dir)
+        logger.info(
+            "mAP %.4f rank-1 %.4f of %s: %s",
+            score.metrics["mAP"],
+            score.metrics["rank-1"],
+            source.model_file,
+            results_file,
+        )
     return EvaluationOutcome(score.metrics, results_file, plots)
+
+
+def describe_source(source: FeatureSource) -> dict[str, Any]:
+    """Which model a result came from: its architecture, input size and training epoch."""
+    architecture = getattr(source, "architecture", None)
+    if architecture is not None:
+        model = {key: architecture.get(key) for key in ckpt.ARCHITECTURE_FIELDS}
+        size = [architecture["input_height"], architecture["input_width"]]
+        return {"model": model, "input_size": size, "epoch": getattr(source, "epoch", None)}
+    preprocessing = getattr(source, "preprocessing", None)
+    size = [preprocessing.height, preprocessing.width] if preprocessing is not None else None
+    return {"model": {"format": "onnx"}, "input_size": size, "epoch": None}
 
 
 def write_plots(
@@ -181,8 +234,7 @@ def write_plots(
     from reidnet.evaluation.plots import plot_cmc, plot_sampled_matches
 
     config, ranking = spec.evaluate, spec.re_ranking
-    cmc_path = Path(config.output_cmc_curve_plot or out_dir / "cmc_curve.png")
-    matches_path = Path(config.output_sampled_matches_plot or out_dir / "sampled_matches.png")
+    cmc_path, matches_path = plot_paths(spec, out_dir)
     title = "CMC" + (" (re-ranked)" if score.reranked else "")
     plot_cmc(score.cmc, cmc_path, title=title)
     plot_sampled_matches(
@@ -201,8 +253,17 @@ def write_plots(
     return {"cmc_curve": cmc_path, "sampled_matches": matches_path}
 
 
+def plot_paths(spec: ExperimentSpec, out_dir: Path) -> tuple[Path, Path]:
+    """The CMC curve and sampled-matches figures evaluate writes."""
+    config = spec.evaluate
+    return (
+        Path(config.output_cmc_curve_plot or out_dir / "cmc_curve.png"),
+        Path(config.output_sampled_matches_plot or out_dir / "sampled_matches.png"),
+    )
+
+
 def inference_records(
-    spec: ExperimentSpec, input_dir: str | Path | None
+    spec: ExperimentSpec, input_dir: str | Path | None, recorded: dict | None = None
 ) -> list[tuple[str, ImageRecord]]:
     """(subset, record) pairs: every image of `input_dir`, else every query and gallery image."""
     if input_dir is not None:
@@ -213,7 +274,7 @@ def inference_records(
         if not paths:
             raise ReidnetError(f"--input {folder} holds no jpg/jpeg/png/bmp image")
         return [("input", ImageRecord(p, -1, -1)) for p in paths]
-    query_dir, gallery_dir = query_gallery_folders(spec, "inference")
+    query_dir, gallery_dir = query_gallery_folders(spec, "inference", recorded)
     return [("query", r) for r in read_records(query_dir)] + [
         ("gallery", r) for r in read_records(gallery_dir)
     ]
@@ -223,6 +284,7 @@ def run_inference(
     spec: ExperimentSpec,
     device: str | torch.device | None = None,
     input_dir: str | Path | None = None,
+    force: bool = False,
 ) -> InferenceOutcome:
     """Embed every image; write the reference's JSON, a float32 .npy and a CSV index.
 
@@ -230,11 +292,18 @@ def run_inference(
     `inference.checkpoint`, or `inference.onnx_file` run by onnxruntime.
     """
     config = spec.inference
-    source = feature_source(spec, "inference", device)
-    items = inference_records(spec, input_dir)
-    features = source.embed([r.path for _, r in items], spec).numpy().astype(np.float32)
-    json_file = Path(config.output_file or spec.action_results_dir("inference") / "result.json")
-    return write_embeddings(items, features, json_file)
+    json_file = (
+        Path(config.output_file)
+        if config.output_file
+        else spec.action_results_dir("inference") / "result.json"
+    )
+    outputs = [json_file, json_file.with_suffix(".npy"), json_file.with_suffix(".csv")]
+    refuse_overwrite(outputs, "inference", force)
+    with run_record(spec, "inference", device, out_dir=json_file.parent):
+        source = feature_source(spec, "inference", device)
+        items = inference_records(spec, input_dir, getattr(source, "recorded_spec", None))
+        features = source.embed([r.path for _, r in items], spec).numpy().astype(np.float32)
+        return write_embeddings(items, features, json_file)
 
 
 def write_embeddings(

@@ -7,6 +7,7 @@ size and the normalisation next to the weights, so evaluate, inference and expor
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -18,11 +19,14 @@ import torch
 from reidnet import __version__
 from reidnet.errors import ReidnetError
 
+logger = logging.getLogger(__name__)
+
 FORMAT = "reidnet-checkpoint"
 FORMAT_VERSION = 1
 LATEST_NAME = "reid_model_latest.pth"
+BEST_NAME = "reid_model_best.pth"
 
-# The fields of `model` a checkpoint fixes; a spec that sets one differently is refused.
+# The fields of `model` a checkpoint fixes; a spec that sets one differently is warned about.
 ARCHITECTURE_FIELDS = ("backbone", "network", "feat_dim", "last_stride", "neck", "neck_feat")
 # What checkpoints written before a field existed were trained with.
 ARCHITECTURE_DEFAULTS = {"network": "torchvision"}
@@ -106,8 +110,9 @@ def load_checkpoint(
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ReidnetError(
-            f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it may be "
-            "truncated or not a PyTorch file"
+            f"checkpoint {path} cannot be read ({_first_line(error)}); it may be truncated or "
+            "not a PyTorch file: give a file written by `reidnet train`, TAO's .pth / .tlt, or "
+            "`reidnet convert` of an ONNX model"
         ) from None
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         architecture = payload["architecture"]
@@ -131,18 +136,43 @@ def load_checkpoint(
     return converted
 
 
-def check_spec_matches(checkpoint: dict[str, Any], model_spec, path: str | Path) -> None:
-    """Refuse a spec that explicitly sets an architecture field the checkpoint disagrees with."""
-    explicit = model_spec.model_fields_set
-    for field in ARCHITECTURE_FIELDS:
-        if field == "backbone" and checkpoint["architecture"]["network"] == "tao":
+def _first_line(error: BaseException) -> str:
+    """The error's type and first line: PyTorch's weights_only errors append a long paragraph
+    of advice (re-running with weights_only=False) that is wrong for a damaged file."""
+    import pickle
+
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds Python objects beyond tensors and numbers, which are never unpickled"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0].split('. ')[0]}" if text else type(error).__name__
+
+
+def report_spec_disagreements(checkpoint: dict[str, Any], spec, path: str | Path) -> None:
+    """The checkpoint is the truth for the model: for each value the spec sets explicitly that
+    the checkpoint was not trained with, one warning naming both (the checkpoint's is used)."""
+    architecture = checkpoint["architecture"]
+    sections = {"model": spec.model, "dataset": spec.dataset}
+    fields = [("model", field) for field in ARCHITECTURE_FIELDS]
+    fields += [("model", "input_height"), ("model", "input_width")]
+    fields += [("dataset", "pixel_mean"), ("dataset", "pixel_std")]
+    for section, field in fields:
+        if field == "backbone" and architecture["network"] == "tao":
             continue  # TAO's resnet_34 and resnet_50 are one network: either name is right
-        if field in explicit and getattr(model_spec, field) != checkpoint["architecture"][field]:
-            raise ReidnetError(
-                f"checkpoint {path} was trained with model.{field}="
-                f"{checkpoint['architecture'][field]!r} but the spec sets model.{field}="
-                f"{getattr(model_spec, field)!r}: remove model.{field} from the spec or give "
-                "the matching checkpoint"
+        config = sections[section]
+        if field not in config.model_fields_set or field not in architecture:
+            continue
+        stated, trained = getattr(config, field), architecture[field]
+        if isinstance(stated, (list, tuple)):
+            stated, trained = [float(v) for v in stated], [float(v) for v in trained]
+        if stated != trained:
+            logger.warning(
+                "%s.%s is %r in the spec but checkpoint %s was trained with %r: using %r",
+                section,
+                field,
+                stated,
+                path,
+                trained,
+                trained,
             )
 
 

@@ -73,6 +73,7 @@ class TrainResult:
     last_checkpoint: Path | None
     epochs_completed: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    already_complete: bool = False  # a re-run of a finished run: nothing was trained
 
     @property
     def final_metrics(self) -> dict[str, Any] | None:
@@ -86,11 +87,15 @@ def train(spec: ExperimentSpec, device: str | torch.device | None = None) -> Tra
     Under torchrun every process calls this; the process group is joined when the run is built
     and left at the end.
     """
-    run = TrainingRun(spec, device)
-    try:
-        return run.fit()
-    finally:
-        run.close()
+    from reidnet.engine.record import run_record
+
+    main = distributed.torchrun_context().is_main
+    with run_record(spec, "train", device, enabled=main):
+        run = TrainingRun(spec, device)
+        try:
+            return run.fit()
+        finally:
+            run.close()
 
 
 def architecture_of(spec: ExperimentSpec) -> dict[str, Any]:
@@ -377,6 +382,19 @@ class TrainingRun:
 
     def fit(self) -> TrainResult:
         spec = self.spec.train
+        if self.start_epoch >= spec.num_epochs:
+            latest = self._existing_latest()
+            logger.info(
+                "training is already complete: %d of %d epochs in %s (checkpoint %s); raise "
+                "train.num_epochs to train further, or use another results_dir",
+                self.start_epoch,
+                spec.num_epochs,
+                self.results_dir,
+                latest,
+            )
+            return TrainResult(
+                self.results_dir, latest, self.start_epoch, self.history, already_complete=True
+            )
         if self.dist.is_main:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             self._log_start()
@@ -399,6 +417,9 @@ class TrainingRun:
                 self._log_epoch(record)
                 if number % spec.checkpoint_interval == 0 or number == spec.num_epochs:
                     last_checkpoint = self._save(number)
+                    self._prune_checkpoints()
+                if "validation" in record:
+                    self._keep_best(number, record["validation"], last_checkpoint)
                 self._write_status(
                     "running" if number < spec.num_epochs else "done",
                     number,
@@ -683,10 +704,13 @@ class TrainingRun:
 
     # -- checkpoints, logs, status -----------------------------------------------------------
 
-    def _save(self, epoch: int, step_in_epoch: int = 0) -> Path:
-        """Write a checkpoint (rank 0 only); every rank returns its path."""
+    def _save(self, epoch: int, step_in_epoch: int = 0, path: Path | None = None) -> Path:
+        """Write a checkpoint (rank 0 only); every rank returns its path. With `path`, write
+        only that file (the best checkpoint between checkpoint epochs)."""
         latest = self.results_dir / ckpt.LATEST_NAME
-        path = latest if step_in_epoch else self.results_dir / ckpt.epoch_checkpoint_name(epoch)
+        target = path
+        if path is None:
+            path = latest if step_in_epoch else self.results_dir / ckpt.epoch_checkpoint_name(epoch)
         if not self.dist.is_main:
             return path
         payload = ckpt.checkpoint_header(
@@ -709,10 +733,36 @@ class TrainingRun:
             payload["center_optimizer"] = self.center_optimizer.state_dict()
         if step_in_epoch:
             return ckpt.atomic_torch_save(payload, latest)
+        if target is not None:
+            return ckpt.atomic_torch_save(payload, target)
         ckpt.atomic_torch_save(payload, path)
         ckpt.atomic_link(path, latest)
         logger.info("checkpoint %s", path)
         return path
+
+    def _prune_checkpoints(self) -> None:
+        """Keep the newest `train.keep_checkpoints` epoch checkpoints (0: all of them)."""
+        keep = self.spec.train.keep_checkpoints
+        if not keep or not self.dist.is_main:
+            return
+        saved = sorted(self.results_dir.glob("model_epoch_[0-9][0-9][0-9]*.pth"))
+        for old in saved[:-keep]:
+            old.unlink(missing_ok=True)
+            logger.debug("removed %s (train.keep_checkpoints %d)", old, keep)
+
+    def _keep_best(self, epoch: int, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        """reid_model_best.pth: the checkpoint with the best validation mAP so far."""
+        if not self.dist.is_main:
+            return
+        best = [h["validation"]["mAP"] for h in self.history[:-1] if h.get("validation")]
+        if best and metrics["mAP"] <= max(best):
+            return
+        target = self.results_dir / ckpt.BEST_NAME
+        if checkpoint is None or checkpoint.name != ckpt.epoch_checkpoint_name(epoch):
+            checkpoint = self._save(epoch, step_in_epoch=0, path=target)
+        else:
+            ckpt.atomic_link(checkpoint, target)
+        logger.info("best validation mAP %.4f at epoch %d: %s", metrics["mAP"], epoch, target)
 
     def _existing_latest(self) -> Path | None:
         latest = self.results_dir / ckpt.LATEST_NAME
@@ -791,13 +841,36 @@ class TrainingRun:
 
     @contextmanager
     def _progress(self, epoch: int, total_steps: int, done: int):
-        """A rich progress bar on a terminal; nothing otherwise (logs carry the epoch lines)."""
+        """A rich progress bar on a terminal; off one (a file, a job log), a log line every
+        `train.log_every_n_steps` steps."""
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         console = Console(stderr=True)
-        if not console.is_terminal or not self.dist.is_main:
+        if not self.dist.is_main:
             yield lambda *args: None
+            return
+        if not console.is_terminal:
+            every, started = self.spec.train.log_every_n_steps, time.perf_counter()
+
+            def log_step(step, terms, lr, rate):
+                if step % every and step != total_steps:
+                    return
+                elapsed = time.perf_counter() - started
+                left = elapsed / max(step - done, 1) * (total_steps - step)
+                logger.info(
+                    "epoch %d/%d step %d/%d loss %.4f lr %.2e %.1f img/s, epoch ends in %.0f s",
+                    epoch + 1,
+                    self.spec.train.num_epochs,
+                    step,
+                    total_steps,
+                    terms["total"].detach().item(),
+                    lr,
+                    rate,
+                    left,
+                )
+
+            yield log_step
             return
         progress = Progress(
             TextColumn(f"epoch {epoch + 1}/{self.spec.train.num_epochs}"),

@@ -147,9 +147,11 @@ def rank_metrics(
         cameras = None
         self_keys = _self_pair_keys(query_paths, gallery_paths, num_query, num_gallery, device)
     if max_rank > num_gallery:
-        logger.warning(
-            "max_rank=%d exceeds the gallery size %d: the CMC curve is padded with its last value",
+        logger.debug(
+            "the CMC curve has %d ranks but the gallery %d images: ranks beyond %d repeat "
+            "the last value",
             max_rank,
+            num_gallery,
             num_gallery,
         )
 

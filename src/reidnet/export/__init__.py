@@ -40,6 +40,7 @@ def run_export(spec: ExperimentSpec, force: bool = False) -> ExportOutcome:
     Existing files at the targets are refused unless `force`.
     """
     from reidnet.engine import checkpoint as ckpt
+    from reidnet.engine.record import refuse_overwrite, run_record
     from reidnet.export.deepstream import deployment_paths, write_deployment_files
     from reidnet.export.onnx import export_checkpoint
 
@@ -47,14 +48,10 @@ def run_export(spec: ExperimentSpec, force: bool = False) -> ExportOutcome:
     onnx_file = export_target(spec)
     if onnx_file.is_dir():
         raise ReidnetError(f"export.onnx_file {onnx_file} is a folder: give a file name (.onnx)")
-    existing = [p for p in (onnx_file, *deployment_paths(onnx_file).values()) if p.exists()]
-    if existing and not force:
-        raise ReidnetError(
-            f"export would overwrite {', '.join(map(str, existing))}: pass --force to replace "
-            "them, or set export.onnx_file to another path"
-        )
-    checkpoint = ckpt.load_checkpoint(config.checkpoint, "export.checkpoint", spec)
-    ckpt.check_spec_matches(checkpoint, spec.model, config.checkpoint)
-    exported = export_checkpoint(checkpoint, onnx_file, opset_version=config.opset_version)
-    files = write_deployment_files(exported.onnx_file, exported.metadata)
+    refuse_overwrite([onnx_file, *deployment_paths(onnx_file).values()], "export", force)
+    with run_record(spec, "export", "cpu", out_dir=onnx_file.parent):
+        checkpoint = ckpt.load_checkpoint(config.checkpoint, "export.checkpoint", spec)
+        ckpt.report_spec_disagreements(checkpoint, spec, config.checkpoint)
+        exported = export_checkpoint(checkpoint, onnx_file, opset_version=config.opset_version)
+        files = write_deployment_files(exported.onnx_file, exported.metadata)
     return ExportOutcome(exported.onnx_file, exported.parity, exported.metadata, files)
