@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from reidnet.cli import app
+from reidnet.config import load_spec
 from reidnet.data.market import parse_market_name
 from reidnet.data.mot import (
     ConvertOptions,
@@ -32,6 +33,8 @@ from reidnet.data.mot import (
     spread,
     thin_track,
 )
+from reidnet.engine.actions import evaluate
+from reidnet.engine.trainer import train
 from reidnet.errors import ReidnetError
 
 runner = CliRunner()
@@ -559,3 +562,83 @@ def test_cli_with_nothing_left_says_what_to_loosen(tmp_path):
     assert isinstance(result.exception, ReidnetError)  # main() prints it and exits 2
     assert "--min-height" in str(result.exception)
     assert "too small" in result.stdout  # the 12 boxes of 60 px, in the left-out table
+
+
+def test_video_shorter_than_its_labels_counts_the_lost_crops(tmp_path):
+    video = tmp_path / "cam.mkv"  # Matroska states no frame count: found out while decoding
+    write_video(video, (128, 96), 12, lambda _frame: VIDEO_BOXES[:1])
+    lines = [mot_line(f, *VIDEO_BOXES[0]) for f in range(1, 15)]  # frames 13 and 14 do not exist
+    video.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    options = ConvertOptions(FilterOptions(min_height=20), max_per_track=None, test_fraction=0)
+    report = convert_mot(expand_sources([video]), tmp_path / "out", options)
+    assert report.missing_video_frames == 2 and report.lost_crops == 2
+    assert report.images["train"] == 12
+
+
+TINY_SPEC = {
+    "model": {
+        "backbone": "resnet_18",
+        "pretrain_choice": "none",
+        "input_height": 32,
+        "input_width": 16,
+        "feat_dim": 64,
+    },
+    "dataset": {"batch_size": 16, "num_instances": 4, "num_workers": 0, "padding": 2},
+    "train": {
+        "num_epochs": 1,
+        "checkpoint_interval": 1,
+        "validation_interval": 1,
+        "seed": 3,
+        "optim": {"base_lr": 0.001, "warmup_iters": 0, "lr_steps": [50]},
+    },
+}
+
+
+def tiny_spec(data: Path, results: Path, *overrides: str):
+    raw = json.loads(json.dumps(TINY_SPEC))
+    raw["results_dir"] = str(results)
+    raw["dataset"].update(
+        train_dataset_dir=str(data / "bounding_box_train"),
+        test_dataset_dir=str(data / "bounding_box_test"),
+        query_dataset_dir=str(data / "query"),
+    )
+    return load_spec(data=raw, overrides=list(overrides))
+
+
+@pytest.mark.slow
+def test_converted_dataset_trains_and_evaluates(tmp_path):
+    """Two cameras see 12 people (global ids): 6 train, 6 test; every query has a match in the
+    other camera, so all 12 queries (6 identities x 2 cameras) count."""
+    ids = range(1, 13)
+    frames = range(1, 9)
+    cameras = []
+    for camera in ("c1", "c2"):
+        boxes = [(i, 4 + 26 * (i - 1), 20 + 4 * (camera == "c2"), 20, 60) for i in ids]
+        lines = [mot_line(f, *box) for f in frames for box in boxes]
+        drawn = dict.fromkeys(frames, boxes)
+        cameras.append(write_sequence(tmp_path / camera, (320, 100), frames, drawn, lines))
+    data = tmp_path / "data"
+    options = ConvertOptions(FilterOptions(min_height=40), max_per_track=4, global_ids=True)
+    report = convert_mot(expand_sources(cameras), data, options)
+    assert report.images == {"train": 6 * 2 * 4, "query": 6 * 2, "gallery": 6 * 2 * 3}
+    result = train(tiny_spec(data, tmp_path / "r"))
+    outcome = evaluate(
+        tiny_spec(data, tmp_path / "r", f"evaluate.checkpoint={result.last_checkpoint}")
+    )
+    assert outcome.metrics["num_valid_queries"] == 12
+    assert outcome.metrics["num_skipped_queries"] == 0
+    assert 0.0 < outcome.metrics["mAP"] <= 1.0
+
+    # One camera alone: time-split queries count only with the recorded same-camera override.
+    single = tmp_path / "single"
+    report = convert_mot(expand_sources(cameras[:1]), single, options)
+    assert report.evaluate_overrides == ["evaluate.same_camera_filter=false"]
+    outcome = evaluate(
+        tiny_spec(
+            single,
+            tmp_path / "r",
+            f"evaluate.checkpoint={result.last_checkpoint}",
+            *report.evaluate_overrides,
+        )
+    )
+    assert outcome.metrics["num_valid_queries"] == report.identities["test"] == 6
