@@ -26,6 +26,7 @@ from reidnet.data.mot import (
     expand_sources,
     filter_boxes,
     market_name,
+    ordered_map,
     parse_gt_line,
     read_camera_mapping,
     read_ground_truth,
@@ -642,3 +643,9 @@ def test_converted_dataset_trains_and_evaluates(tmp_path):
         )
     )
     assert outcome.metrics["num_valid_queries"] == report.identities["test"] == 6
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_ordered_map_keeps_the_order_at_any_thread_count(workers):
+    assert list(ordered_map(lambda x: x * x, list(range(7)), workers)) == [x * x for x in range(7)]
+    assert list(ordered_map(lambda x: x, [], workers)) == []

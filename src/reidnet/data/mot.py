@@ -27,6 +27,7 @@ from reidnet.errors import ReidnetError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg"})
 MANIFEST_NAME = "from_mot.json"
+SUBSET_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 # MOTChallenge person classes: pedestrian, person on vehicle, static person.
 PERSON_CLASSES = (1, 2, 7)
 _MAX_LISTED = 20
@@ -637,35 +638,35 @@ def _choose_query_split(tracks, test: set, requested: str, report: ConversionRep
 # Frames: streamed one at a time, only those that hold a selected box
 
 
-def sequence_frames(
-    source: Source, frames: Iterable[int], workers: int = 1
-) -> Iterator[tuple[int, object | None]]:
-    """(frame number, PIL RGB image or None when unreadable) for the wanted frames, in order.
-
-    Decoding runs in up to `workers` threads (PIL releases the GIL), a few frames ahead at most.
-    """
+def load_frame(path: Path):
+    """A frame image as PIL RGB, or None when it cannot be decoded."""
     from PIL import Image
 
-    def load(frame: int):
-        try:
-            with Image.open(source.frame_files[frame]) as image:
-                return frame, image.convert("RGB")
-        except Exception:  # PIL raises many types for bad data
-            return frame, None
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")
+    except Exception:  # PIL raises many types for bad data
+        return None
 
-    wanted = list(frames)
+
+def ordered_map(function: Callable, items: Sequence, workers: int) -> Iterator:
+    """function(item) for each item, in order, run in `workers` threads with at most two items
+    per thread in flight (PIL releases the GIL while decoding and encoding, and no more than a
+    few frames are ever held in memory)."""
     if workers <= 1:
-        yield from map(load, wanted)
+        yield from map(function, items)
         return
+    window = 2 * workers
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = [pool.submit(load, f) for f in wanted[: 2 * workers]]
-        for next_index in range(2 * workers, len(wanted) + 2 * workers):
-            if not pending:
-                break
+        pending = [pool.submit(function, item) for item in items[:window]]
+        for next_index in range(window, len(items) + window):
             done = pending.pop(0)
-            if next_index < len(wanted):
-                pending.append(pool.submit(load, wanted[next_index]))
+            if next_index < len(items):
+                pending.append(pool.submit(function, items[next_index]))
             yield done.result()
+            if not pending:
+                return
 
 
 def video_frames(
@@ -725,8 +726,7 @@ def convert_mot(
     sources = _drop_duplicate_sources(sources, report)
     assign_cameras(sources, camera_mapping)
     plan = plan_conversion(sources, options, report)
-    folders = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-    for name in folders.values():
+    for name in SUBSET_FOLDERS.values():
         (out / name).mkdir(parents=True, exist_ok=True)
     total = sum(
         _frames_to_read(s, p, options.frame_base) for s, p in zip(sources, plan, strict=True)
@@ -741,16 +741,29 @@ def convert_mot(
 
     for source, frame_plan in zip(sources, plan, strict=True):
         if source.kind == "sequence":
-            frames = sequence_frames(source, sorted(frame_plan), options.workers)
+
+            def cut(frame: int, source=source, frame_plan=frame_plan):
+                image = load_frame(source.frame_files[frame])
+                return frame, cut_crops(image, frame_plan[frame], out, options.quality)
+
+            outcomes = ordered_map(cut, sorted(frame_plan), options.workers)
         else:
-            frames = video_frames(source, set(frame_plan), options.frame_base, advance)
-        written_frames = set()
-        for frame, image in frames:
+            outcomes = (
+                (frame, cut_crops(image, frame_plan[frame], out, options.quality))
+                for frame, image in video_frames(
+                    source, set(frame_plan), options.frame_base, advance
+                )
+            )
+        cut_frames = set()
+        for frame, counts in outcomes:
             if source.kind == "sequence":
                 advance()
-            written_frames.add(frame)
-            _write_crops(image, frame_plan[frame], out, folders, options, report)
-        missing = set(frame_plan) - written_frames  # video shorter than its labels
+            cut_frames.add(frame)
+            for subset in report.images:
+                report.images[subset] += counts[subset]
+            report.unreadable_frames += counts["unreadable"]
+            report.lost_crops += counts["lost"]
+        missing = set(frame_plan) - cut_frames  # a video shorter than its labels
         report.missing_video_frames += len(missing)
         report.lost_crops += sum(len(frame_plan[f]) for f in missing)
         report.sources.append(
@@ -777,20 +790,23 @@ def _frames_to_read(source: Source, frame_plan: dict, frame_base: int) -> int:
     return max(frame_plan) - frame_base + 1
 
 
-def _write_crops(image, planned: list[PlannedCrop], out: Path, folders, options, report) -> None:
+def cut_crops(image, planned: list[PlannedCrop], out: Path, quality: int = 95) -> Counter:
+    """Write the planned crops of one frame; counts per subset, plus "lost" and "unreadable"."""
+    counts: Counter = Counter()
     if image is None:
-        report.unreadable_frames += 1
-        report.lost_crops += len(planned)
-        return
+        counts["unreadable"] += 1
+        counts["lost"] += len(planned)
+        return counts
     width, height = image.size
     for item in planned:
         c = item.crop
         box = (max(c.x0, 0), max(c.y0, 0), min(c.x1, width), min(c.y1, height))
         if box[2] <= box[0] or box[3] <= box[1]:  # the image is smaller than its seqinfo said
-            report.lost_crops += 1
+            counts["lost"] += 1
             continue
-        image.crop(box).save(out / folders[item.subset] / item.file_name, quality=options.quality)
-        report.images[item.subset] += 1
+        image.crop(box).save(out / SUBSET_FOLDERS[item.subset] / item.file_name, quality=quality)
+        counts[item.subset] += 1
+    return counts
 
 
 def _check_out(out: Path) -> None:
