@@ -1,7 +1,7 @@
 """Speed of `reidnet dataset from-mot` on a generated sequence of realistic size, with baselines.
 
-Generates a 1920x1080 MOTChallenge sequence (JPEG frames, gt/gt.txt) in which identities walk
-across a textured background, and the same footage as an H.264 video, then times:
+Generates a 1920x1080 MOTChallenge sequence (JPEG frames, gt/gt.txt with visibility) in which
+identities walk across a textured background, and the same footage as an H.264 video, then times:
 
 * baseline: decoding every frame and nothing else (PIL for the JPEGs, PyAV for the video, with
   and without the conversion to RGB): what reading the footage costs at least;
@@ -9,96 +9,158 @@ across a textured background, and the same footage as an H.264 video, then times
   selected box are read), and with every box kept (--max-per-track 0), at 1 and 2 threads.
 
     python benchmarks/mot_convert.py [--frames 600 --identities 20 --keep]
+    python benchmarks/mot_convert.py --write-footage DIR --cameras 2 --frames 300 --identities 40
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from reidnet.data.mot import ConvertOptions, FilterOptions, convert_mot, expand_sources
+from reidnet.data.synthetic import render_image
 
 WIDTH, HEIGHT = 1920, 1080
 
 
-def walkers(identities: int, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
+@dataclass
+class Walker:
+    track_id: int
+    height: int
+    width: int
+    x: float
+    y: int
+    speed: float
+
+
+def walkers(identities: int, size: tuple[int, int], camera: int) -> list[Walker]:
+    """The same identities in every camera, each camera with its own positions and speeds."""
+    width, height = size
+    rng = np.random.default_rng(camera)
     people = []
     for track_id in range(1, identities + 1):
-        height = int(rng.integers(160, 360))
+        tall = int(rng.integers(height * 3 // 20, height // 3))
         people.append(
-            {
-                "id": track_id,
-                "height": height,
-                "width": height * 2 // 5,
-                "x": float(rng.uniform(0, WIDTH)),
-                "y": int(rng.integers(50, HEIGHT - height - 10)),
-                "speed": float(rng.uniform(-4, 4)),
-                "texture": rng.integers(0, 256, (height, height * 2 // 5, 3), dtype=np.uint8),
-            }
+            Walker(
+                track_id,
+                tall,
+                tall * 2 // 5,
+                float(rng.uniform(0, width)),
+                int(rng.integers(height // 20, height - tall - 10)),
+                float(rng.uniform(-4, 4)) * width / 1920,
+            )
         )
     return people
 
 
-def boxes_at(people: list[dict], frame: int) -> list[tuple[int, int, int, int, int]]:
-    """(id, left, top, width, height) on a frame; walkers wrap around, so some leave the frame."""
-    boxes = []
-    for p in people:
-        left = int((p["x"] + p["speed"] * frame) % (WIDTH + p["width"])) - p["width"] // 2
-        boxes.append((p["id"], left, p["y"], p["width"], p["height"]))
-    return boxes
+def box_at(walker: Walker, frame: int, frame_width: int) -> tuple[int, int, int, int]:
+    """(left, top, width, height); walkers wrap around, so some are cut by the border."""
+    span = frame_width + walker.width
+    left = int((walker.x + walker.speed * frame) % span) - walker.width // 2
+    return left, walker.y, walker.width, walker.height
 
 
-def render(background: np.ndarray, people: list[dict], frame: int) -> np.ndarray:
-    pixels = background.copy()
-    for (_, left, top, width, height), p in zip(boxes_at(people, frame), people, strict=True):
-        x0, x1 = max(left, 0), min(left + width, WIDTH)
-        if x1 > x0:
-            pixels[top : top + height, x0:x1] = p["texture"][:, x0 - left : x1 - left]
-    return pixels
+class Painter:
+    """Paints walkers in order and tells how much of each stayed visible (MOT's visibility:
+    the share of the box not hidden by a later walker nor cut by the border)."""
+
+    def __init__(self, background: np.ndarray, camera: int, pedestrians: bool):
+        self.background, self.camera, self.pedestrians = background, camera, pedestrians
+        self.textures: dict[tuple[int, int], np.ndarray] = {}
+
+    def texture(self, walker: Walker, frame: int) -> np.ndarray:
+        pose = frame // 10 if self.pedestrians else 0  # a new pose every 10 frames
+        key = (walker.track_id, pose)
+        if key not in self.textures:
+            shape = (walker.height, walker.width)
+            if self.pedestrians:
+                self.textures[key] = render_image(walker.track_id, pose, self.camera, size=shape)
+            else:
+                rng = np.random.default_rng(walker.track_id)
+                self.textures[key] = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        return self.textures[key]
+
+    def frame(self, people: list[Walker], frame: int) -> tuple[np.ndarray, list[str]]:
+        pixels = self.background.copy()
+        owner = np.full(pixels.shape[:2], -1, np.int32)
+        width = pixels.shape[1]
+        boxes = [box_at(w, frame, width) for w in people]
+        for walker, (left, top, w, h) in zip(people, boxes, strict=True):
+            x0, x1 = max(left, 0), min(left + w, width)
+            if x1 > x0:
+                pixels[top : top + h, x0:x1] = self.texture(walker, frame)[:, x0 - left : x1 - left]
+                owner[top : top + h, x0:x1] = walker.track_id
+        lines = []
+        for walker, (left, top, w, h) in zip(people, boxes, strict=True):
+            x0, x1 = max(left, 0), min(left + w, width)
+            seen = np.count_nonzero(owner[top : top + h, x0:x1] == walker.track_id)
+            lines.append(f"{frame},{walker.track_id},{left},{top},{w},{h},1,1,{seen / (w * h):.3f}")
+        return pixels, lines
 
 
-def generate(root: Path, frames: int, identities: int) -> tuple[Path, Path]:
+def generate(
+    root: Path,
+    frames: int,
+    identities: int,
+    size: tuple[int, int] = (WIDTH, HEIGHT),
+    cameras: int = 1,
+    pedestrians: bool = False,
+    with_video: bool = True,
+) -> tuple[list[Path], list[Path]]:
+    """Per camera a MOTChallenge sequence CAM-0N (JPEG frames, gt/gt.txt) and, with
+    `with_video`, the same footage as H.264 `cam0N.mp4` with its labels beside it."""
     import av
 
-    people = walkers(identities)
-    rng = np.random.default_rng(1)
-    small = rng.integers(0, 256, (HEIGHT // 8, WIDTH // 8, 3), dtype=np.uint8)
-    background = np.asarray(Image.fromarray(small).resize((WIDTH, HEIGHT), Image.BILINEAR))
-    seq = root / "BENCH-01"
-    (seq / "img1").mkdir(parents=True)
-    (seq / "gt").mkdir()
-    (seq / "seqinfo.ini").write_text(
-        f"[Sequence]\nname=BENCH-01\nimDir=img1\nframeRate=30\nseqLength={frames}\n"
-        f"imWidth={WIDTH}\nimHeight={HEIGHT}\nimExt=.jpg\n"
-    )
-    video = root / "bench.mp4"
-    lines = []
-    with av.open(str(video), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "23"}
-        for frame in range(1, frames + 1):
-            pixels = render(background, people, frame)
-            Image.fromarray(pixels).save(seq / "img1" / f"{frame:06d}.jpg", quality=90)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-            lines += [
-                f"{frame},{i},{x},{y},{w},{h},1,1,1.0" for i, x, y, w, h in boxes_at(people, frame)
-            ]
-        for packet in stream.encode():
-            container.mux(packet)
-    text = "\n".join(lines) + "\n"
-    (seq / "gt" / "gt.txt").write_text(text)
-    video.with_suffix(".txt").write_text(text)
-    return seq, video
+    width, height = size
+    sequences, videos = [], []
+    for camera in range(1, cameras + 1):
+        rng = np.random.default_rng(100 + camera)
+        small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+        background = np.asarray(Image.fromarray(small).resize(size, Image.BILINEAR))
+        painter = Painter(background, camera, pedestrians)
+        people = walkers(identities, size, camera)
+        seq = root / f"CAM-{camera:02d}"
+        (seq / "img1").mkdir(parents=True)
+        (seq / "gt").mkdir()
+        (seq / "seqinfo.ini").write_text(
+            f"[Sequence]\nname={seq.name}\nimDir=img1\nframeRate=30\nseqLength={frames}\n"
+            f"imWidth={width}\nimHeight={height}\nimExt=.jpg\n"
+        )
+        video = root / f"cam{camera:02d}.mp4"
+        lines = []
+        with contextlib.ExitStack() as stack:
+            if with_video:
+                container = stack.enter_context(av.open(str(video), "w"))
+                stream = container.add_stream("libx264", rate=30)
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                stream.options = {"preset": "veryfast", "crf": "23"}
+            for frame in range(1, frames + 1):
+                pixels, frame_lines = painter.frame(people, frame)
+                lines += frame_lines
+                Image.fromarray(pixels).save(seq / "img1" / f"{frame:06d}.jpg", quality=90)
+                if with_video:
+                    picture = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                    for packet in stream.encode(picture):
+                        container.mux(packet)
+            if with_video:
+                for packet in stream.encode():
+                    container.mux(packet)
+        text = "\n".join(lines) + "\n"
+        (seq / "gt" / "gt.txt").write_text(text)
+        sequences.append(seq)
+        if with_video:
+            video.with_suffix(".txt").write_text(text)
+            videos.append(video)
+    return sequences, videos
 
 
 def decode_images(seq: Path) -> tuple[int, float]:
@@ -142,11 +204,27 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--identities", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="Keep the generated footage.")
+    parser.add_argument(
+        "--write-footage",
+        type=Path,
+        metavar="DIR",
+        help="Only write footage to DIR (no timing): --cameras sequences of synthetic "
+        "pedestrians (the same identities in every camera), for a train + evaluate run.",
+    )
+    parser.add_argument("--cameras", type=int, default=2)
+    parser.add_argument("--size", default="960x540", help="Frame WIDTHxHEIGHT of --write-footage.")
     args = parser.parse_args()
+    if args.write_footage is not None:
+        size = tuple(int(v) for v in args.size.split("x"))
+        sequences, _ = generate(
+            args.write_footage, args.frames, args.identities, size, args.cameras, True, False
+        )
+        print("wrote " + " ".join(str(s) for s in sequences))
+        return
     root = Path(tempfile.mkdtemp(prefix="mot_bench_"))
     try:
         start = time.perf_counter()
-        seq, video = generate(root, args.frames, args.identities)
+        (seq,), (video,) = generate(root, args.frames, args.identities)
         print(
             f"generated {args.frames} frames {WIDTH}x{HEIGHT}, {args.identities} identities "
             f"in {time.perf_counter() - start:.0f} s under {root}"
@@ -162,9 +240,9 @@ def main() -> None:
             frames, seconds = decode_video(video, rgb)
             label = "baseline: PyAV decode" + (" + RGB" if rgb else "") + " every frame"
             rows.append(("H.264 video", label, frames, 0, seconds))
-        for max_per_track in (10, 0):
-            read, crops, seconds = convert(video, root / "out", max_per_track, 1)
-            label = f"from-mot, max-per-track {max_per_track or 'all'}"
+        for max_per_track, workers in ((10, 2), (0, 1), (0, 2)):
+            read, crops, seconds = convert(video, root / "out", max_per_track, workers)
+            label = f"from-mot, max-per-track {max_per_track or 'all'}, {workers} thread(s)"
             rows.append(("H.264 video", label, read, crops, seconds))
         print_table(rows)
         print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")

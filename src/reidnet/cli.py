@@ -499,7 +499,9 @@ def dataset_from_mot(
     frame_base: Annotated[
         int, typer.Option(help="Label frame number of a video's first frame (MOT: 1).")
     ] = 1,
-    workers: Annotated[int, typer.Option(min=1, help="Threads decoding image frames.")] = 2,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Threads decoding frames and writing crops.")
+    ] = 2,
     as_json: JsonFlag = False,
 ) -> None:
     """Market-1501 crops from tracking ground truth: an identity per track, a camera per input."""

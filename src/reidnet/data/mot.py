@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import random
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -650,23 +650,21 @@ def load_frame(path: Path):
         return None
 
 
-def ordered_map(function: Callable, items: Sequence, workers: int) -> Iterator:
+def ordered_map(function: Callable, items: Iterable, workers: int) -> Iterator:
     """function(item) for each item, in order, run in `workers` threads with at most two items
-    per thread in flight (PIL releases the GIL while decoding and encoding, and no more than a
-    few frames are ever held in memory)."""
+    per thread in flight: PIL releases the GIL while decoding and encoding, and no more than a
+    few frames are ever held in memory."""
     if workers <= 1:
         yield from map(function, items)
         return
-    window = 2 * workers
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = [pool.submit(function, item) for item in items[:window]]
-        for next_index in range(window, len(items) + window):
-            done = pending.pop(0)
-            if next_index < len(items):
-                pending.append(pool.submit(function, items[next_index]))
-            yield done.result()
-            if not pending:
-                return
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def video_frames(
@@ -748,12 +746,13 @@ def convert_mot(
 
             outcomes = ordered_map(cut, sorted(frame_plan), options.workers)
         else:
-            outcomes = (
-                (frame, cut_crops(image, frame_plan[frame], out, options.quality))
-                for frame, image in video_frames(
-                    source, set(frame_plan), options.frame_base, advance
-                )
-            )
+
+            def cut_decoded(decoded, frame_plan=frame_plan):
+                frame, image = decoded
+                return frame, cut_crops(image, frame_plan[frame], out, options.quality)
+
+            decoded = video_frames(source, set(frame_plan), options.frame_base, advance)
+            outcomes = ordered_map(cut_decoded, decoded, options.workers)
         cut_frames = set()
         for frame, counts in outcomes:
             if source.kind == "sequence":
