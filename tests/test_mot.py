@@ -649,3 +649,19 @@ def test_converted_dataset_trains_and_evaluates(tmp_path):
 def test_ordered_map_keeps_the_order_at_any_thread_count(workers):
     assert list(ordered_map(lambda x: x * x, list(range(7)), workers)) == [x * x for x in range(7)]
     assert list(ordered_map(lambda x: x, [], workers)) == []
+
+
+def test_from_mot_has_help_and_rejects_bad_choices(tmp_path):
+    result = runner.invoke(app, ["dataset", "from-mot", "--help"])
+    assert result.exit_code == 0 and "--global-ids" in result.output
+    seq = walking_sequence(tmp_path / "seq", ids=(1,))
+    for option, value, message in (
+        ("--border", "cut", "--border 'cut' must be 'clip' or 'drop'"),
+        ("--query-split", "random", "--query-split 'random' must be"),
+        ("--classes", "person", "--classes 'person' must be comma-separated class numbers"),
+    ):
+        result = runner.invoke(
+            app, ["dataset", "from-mot", str(seq), str(tmp_path / "o"), option, value]
+        )
+        assert message in str(result.exception)
+    assert not (tmp_path / "o").exists()
