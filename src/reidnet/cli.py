@@ -40,7 +40,9 @@ app = typer.Typer(
     add_completion=False,
 )
 spec_app = typer.Typer(help="Inspect experiment specs.", no_args_is_help=True)
-dataset_app = typer.Typer(help="Validate, describe and generate datasets.", no_args_is_help=True)
+dataset_app = typer.Typer(
+    help="Validate, describe, generate and convert datasets.", no_args_is_help=True
+)
 app.add_typer(spec_app, name="spec")
 app.add_typer(dataset_app, name="dataset")
 users_app = typer.Typer(help="Users of the fine-tuning service.", no_args_is_help=True)
@@ -381,12 +383,16 @@ def dataset_stats_command(
     train_entries, test, query = _split_folders(roots, train, train_synthetic, test, query, spec)
     stats = dataset_stats(train_entries, test, query)
     if as_json:
-        print(
-            json.dumps(
-                {s: {k: c.as_dict() for k, c in v.items()} for s, v in stats.items()}, indent=2
-            )
-        )
+        print(json.dumps(_stats_as_dict(stats), indent=2))
         return
+    _print_stats_table(stats)
+
+
+def _stats_as_dict(stats: dict) -> dict:
+    return {s: {k: c.as_dict() for k, c in v.items()} for s, v in stats.items()}
+
+
+def _print_stats_table(stats: dict) -> None:
     table = Table(title="Dataset statistics")
     for column in ("subset", "source", "# ids", "# images", "# cameras"):
         table.add_column(column, justify="left" if column in ("subset", "source") else "right")
@@ -450,6 +456,168 @@ def dataset_synth(
         )
     elapsed = time.perf_counter() - start
     console.print(f"wrote {summary.images} images to {out} in {elapsed:.1f} s")
+
+
+def _parse_classes(text: str) -> tuple[int, ...] | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ReidnetError(
+            f"--classes {text!r} must be comma-separated class numbers (e.g. 1,2,7) or 'all'"
+        ) from None
+
+
+@dataset_app.command("from-mot")
+def dataset_from_mot(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="MOTChallenge sequence folders (seqinfo.ini, img1/, gt/gt.txt), videos with "
+            "MOT labels, camera folders holding one video, or folders of these.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="New folder for the Market-1501-layout dataset.")],
+    labels: Annotated[
+        list[Path] | None,
+        typer.Option(help="Label file of each video, in order (default: <video>.txt, gt/gt.txt)."),
+    ] = None,
+    cameras: Annotated[
+        Path | None,
+        typer.Option(help="Camera mapping file (`name: camera` YAML or `name,camera` CSV)."),
+    ] = None,
+    global_ids: Annotated[
+        bool, typer.Option(help="Track ids are the same people across cameras (multi-camera).")
+    ] = False,
+    classes: Annotated[
+        str, typer.Option(help="MOT classes kept, or 'all' (1 pedestrian, 2 on vehicle, 7 static).")
+    ] = "1,2,7",
+    min_visibility: Annotated[float, typer.Option(help="Smallest visibility ratio kept.")] = 0.3,
+    min_height: Annotated[int, typer.Option(help="Smallest box height in pixels kept.")] = 50,
+    border: Annotated[
+        str, typer.Option(help="Boxes cut by the frame border: 'clip' or 'drop'.")
+    ] = "clip",
+    max_per_track: Annotated[
+        int, typer.Option(help="Images per identity per camera, spread over the track (0: all).")
+    ] = 10,
+    every: Annotated[int, typer.Option(help="At most one image every N frames (0: off).")] = 0,
+    test_fraction: Annotated[
+        float, typer.Option(help="Share of identities held out for query and gallery.")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the identity split.")] = 0,
+    query_split: Annotated[
+        str,
+        typer.Option(
+            help="'camera' (one query per identity per camera), 'time' (query and gallery from "
+            "disjoint halves of each track; for single-camera data) or 'auto'."
+        ),
+    ] = "auto",
+    frame_base: Annotated[
+        int, typer.Option(help="Label frame number of a video's first frame (MOT: 1).")
+    ] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Threads decoding frames and writing crops.")
+    ] = 2,
+    as_json: JsonFlag = False,
+) -> None:
+    """Market-1501 crops from tracking ground truth: an identity per track, a camera per input."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from reidnet.data.market import dataset_stats
+    from reidnet.data.mot import (
+        ConvertOptions,
+        FilterOptions,
+        convert_mot,
+        expand_sources,
+        read_camera_mapping,
+    )
+
+    if border not in ("clip", "drop"):
+        raise ReidnetError(f"--border {border!r} must be 'clip' or 'drop'")
+    if query_split not in ("auto", "camera", "time"):
+        raise ReidnetError(f"--query-split {query_split!r} must be 'auto', 'camera' or 'time'")
+    options = ConvertOptions(
+        filters=FilterOptions(_parse_classes(classes), min_visibility, min_height, border),
+        max_per_track=max_per_track or None,
+        every=every or None,
+        test_fraction=test_fraction,
+        seed=seed,
+        global_ids=global_ids,
+        query_split=query_split,
+        frame_base=frame_base,
+        workers=workers,
+    )
+    found = expand_sources(sources, labels or [])
+    mapping = read_camera_mapping(cameras) if cameras is not None else None
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=error_console, transient=True) as bar:
+        task = bar.add_task("frames", total=None)
+        report = convert_mot(
+            found,
+            out,
+            options,
+            mapping,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if not any(report.images.values()):
+        _print_conversion_report(report)
+        raise ReidnetError(
+            f"no crop written to {out}: every box was left out (see above); loosen "
+            "--min-height, --min-visibility or --classes, or check the label files"
+        )
+    splits = {
+        "train": [out / "bounding_box_train"] if report.images["train"] else [],
+        "test": out / "bounding_box_test" if report.images["gallery"] else None,
+        "query": out / "query" if report.images["query"] else None,
+    }
+    stats = dataset_stats(splits["train"], splits["test"], splits["query"])
+    if as_json:
+        print(json.dumps({"report": report.as_dict(), "stats": _stats_as_dict(stats)}, indent=2))
+        return
+    _print_conversion_report(report)
+    _print_stats_table(stats)
+
+
+def _print_conversion_report(report) -> None:
+    left_out = {k: v for k, v in report.dropped.items() if v}
+    extra = {
+        "garbled lines": report.malformed_lines,
+        "unreadable frames": report.unreadable_frames,
+        "frames past the video's end": report.missing_video_frames,
+        "selected crops lost (bad frames)": report.lost_crops,
+    }
+    console.print(
+        f"{report.lines} ground-truth lines from {len(report.sources)} source(s); "
+        f"{report.frames_read} frames read in {report.seconds:.1f} s; "
+        f"{report.clipped} boxes clipped at the frame border",
+        highlight=False,
+    )
+    table = Table(title="Left out")
+    table.add_column("reason")
+    table.add_column("count", justify="right")
+    for reason, count in {**left_out, **{k: v for k, v in extra.items() if v}}.items():
+        table.add_row(reason.replace("_", " "), str(count))
+    if table.row_count:
+        console.print(table)
+    for example in report.malformed_examples[:5]:
+        console.print(f"[yellow]garbled[/] {example}", highlight=False, markup=True)
+    for note in report.notes:
+        console.print(f"[yellow]note[/] {note}", highlight=False)
+    if report.evaluate_overrides:
+        console.print(
+            "evaluate with: " + " ".join(report.evaluate_overrides) + f" (recorded in "
+            f"{Path(report.out) / 'from_mot.json'}); validate with --no-same-camera-filter",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"wrote {report.images['train']} train, {report.images['query']} query and "
+        f"{report.images['gallery']} gallery images of {report.identities.get('train', 0)} train "
+        f"and {report.identities.get('test', 0)} test identities to {report.out}",
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
