@@ -441,7 +441,9 @@ def dataset_synth(
     from reidnet.data.synthetic import generate_synthetic_dataset
 
     start = time.perf_counter()
-    with Progress(console=error_console, transient=True) as progress:
+    with Progress(
+        console=error_console, transient=True, disable=not error_console.is_terminal
+    ) as progress:
         task = progress.add_task("rendering", total=None)
         summary = generate_synthetic_dataset(
             out,
@@ -552,7 +554,13 @@ def dataset_from_mot(
     found = expand_sources(sources, labels or [])
     mapping = read_camera_mapping(cameras) if cameras is not None else None
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=error_console, transient=True) as bar:
+    with Progress(
+        *columns,
+        TimeRemainingColumn(),
+        console=error_console,
+        transient=True,
+        disable=not error_console.is_terminal,
+    ) as bar:
         task = bar.add_task("frames", total=None)
         report = convert_mot(
             found,
