@@ -204,7 +204,12 @@ def test_a_graph_that_fails_parity_is_never_left_at_the_target(
     )
     with pytest.raises(ReidnetError, match=r"parity check.*min cosine"):
         run_export(spec)
-    assert list(target.parent.iterdir()) == []
+    # nothing of the model is left; the run's record stays, with the error in its log
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        "environment.json",
+        "export.log",
+        "resolved_spec.yaml",
+    ]
 
 
 def test_cli_export_prints_parity_and_the_written_files(exported, synthetic, tmp_path):

@@ -54,7 +54,6 @@ def run_quickstart(
     from reidnet.data.synthetic import generate_synthetic_dataset
     from reidnet.engine.actions import evaluate, run_inference, score_model
     from reidnet.engine.embed import resolve_device
-    from reidnet.engine.record import run_record
     from reidnet.engine.trainer import TrainingRun, architecture_of
 
     out_dir = Path(out_dir)
@@ -83,11 +82,10 @@ def run_quickstart(
     seconds["untrained evaluation"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    with run_record(spec, "train", device):
-        try:
-            result = run.fit()
-        finally:
-            run.close()
+    try:
+        result = run.fit()
+    finally:
+        run.close()
     seconds["training"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

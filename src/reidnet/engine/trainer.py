@@ -87,15 +87,11 @@ def train(spec: ExperimentSpec, device: str | torch.device | None = None) -> Tra
     Under torchrun every process calls this; the process group is joined when the run is built
     and left at the end.
     """
-    from reidnet.engine.record import run_record
-
-    main = distributed.torchrun_context().is_main
-    with run_record(spec, "train", device, enabled=main):
-        run = TrainingRun(spec, device)
-        try:
-            return run.fit()
-        finally:
-            run.close()
+    run = TrainingRun(spec, device)
+    try:
+        return run.fit()
+    finally:
+        run.close()
 
 
 def architecture_of(spec: ExperimentSpec) -> dict[str, Any]:
@@ -381,6 +377,14 @@ class TrainingRun:
     # -- the loop ----------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
+        """Run the remaining epochs, with the run's record (resolved spec, train.log,
+        environment) in the results folder."""
+        from reidnet.engine.record import run_record
+
+        with run_record(self.spec, "train", self.device, enabled=self.dist.is_main):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         spec = self.spec.train
         if self.start_epoch >= spec.num_epochs:
             latest = self._existing_latest()
