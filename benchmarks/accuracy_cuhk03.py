@@ -142,9 +142,12 @@ def train_row(args, preset, name, variant, feat_dim, epochs) -> tuple[dict, dict
     """Train one model; return its training facts, the spec it ran, and its checkpoint."""
     results = args.out / name
     spec = build_spec(args, preset, results, variant, feat_dim, epochs)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     outcome = train(spec, device=args.device)
     minutes = (time.perf_counter() - start) / 60
+    # CPU seconds of this process over its threads: on a CPU shared with other work, this /
+    # the thread count is about what the run takes on an idle machine.
+    cpu_minutes = (time.process_time() - cpu_start) / 60
     rates = [h["images_per_second"] for h in outcome.history]
     facts = {
         "variant": variant,
@@ -153,6 +156,7 @@ def train_row(args, preset, name, variant, feat_dim, epochs) -> tuple[dict, dict
         "feat_dim": feat_dim,
         "epochs": epochs,
         "train_minutes": minutes,
+        "train_cpu_minutes": cpu_minutes,
         "images_per_second": sum(rates) / len(rates),
         "checkpoint": str(outcome.last_checkpoint),
     }
@@ -175,7 +179,9 @@ def evaluate_variants(spec, checkpoint: Path, device, variants) -> list[tuple[st
         for rerank in sorted({rerank for f, rerank in variants if f == flip}):
             spec.re_ranking.re_ranking = rerank
             start = time.perf_counter()
-            score = score_retrieval(features[: len(query)], features[len(query) :], query, gallery, spec)
+            score = score_retrieval(
+                features[: len(query)], features[len(query) :], query, gallery, spec
+            )
             metrics = dict(score.metrics)
             metrics["eval_seconds"] = embed_seconds + time.perf_counter() - start
             label = f"flip {'on' if flip else 'off'}, re-rank {'on' if rerank else 'off'}"

@@ -41,9 +41,7 @@ class ModelConfig(_Section):
 
     backbone: Literal[
         "resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152", "mobilenet_v2"
-    ] = (
-        "resnet_50"
-    )
+    ] = "resnet_50"
     network: Literal["torchvision", "tao"] = Field(
         "torchvision",
         description="torchvision: torchvision's ResNet (BasicBlock for 18/34, ReLU after the "

@@ -159,7 +159,9 @@ def _mobilenet_v2_trunk(spec: BackboneSpec, last_stride: int) -> nn.Sequential:
             if isinstance(block, tvm.mobilenetv2.InvertedResidual) and block.stride == 2
         ]
         last = strided[-1]
-        depthwise = next(m for m in last.conv.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
+        depthwise = next(
+            m for m in last.conv.modules() if isinstance(m, nn.Conv2d) and m.groups > 1
+        )
         depthwise.stride = (1, 1)
         last.stride = 1  # its input and output widths differ, so it stays without a shortcut
     return nn.Sequential(OrderedDict(features=features))
@@ -312,9 +314,7 @@ def load_trunk_weights(
             wrong_shape.append(f"{key} {tuple(tensor.shape)} vs {tuple(own[key].shape)}")
         else:
             matched[key] = tensor
-    missing = [
-        key for key in own if key not in matched and not key.endswith("num_batches_tracked")
-    ]
+    missing = [key for key in own if key not in matched and not key.endswith("num_batches_tracked")]
     if missing or wrong_shape:
         problems = [f"{len(missing)} trunk tensor(s) not in the file: {_listing(missing)}"]
         if wrong_shape:
