@@ -205,6 +205,22 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
+def markdown_table(results: dict) -> str:
+    """The docs/BENCHMARKS.md table of a results.json (percentages, as the reference reports)."""
+    lines = [
+        "| row | mAP | rank-1 | rank-5 | rank-10 | mINP | epochs | train min | train CPU min "
+        "| img/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in results["rows"]:
+        cells = " | ".join(f"{100 * row[k]:.1f}" for k in METRICS)
+        lines.append(
+            f"| {row['name']} | {cells} | {row['epochs']} | {row['train_minutes']:.1f} | "
+            f"{row.get('train_cpu_minutes', float('nan')):.1f} | {row['images_per_second']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def write_results(args, rows: list[dict], started: float) -> None:
     payload = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
@@ -240,7 +256,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--out", type=Path, required=True, help="results.json and checkpoints")
+    parser.add_argument("--out", type=Path, help="results.json and checkpoints")
+    parser.add_argument(
+        "--report", type=Path, default=None, help="print the markdown table of a results.json"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--feat-dims", default=None, help="comma list; default: the preset's")
     parser.add_argument("--ablations", default="", help="comma list: scratch, softmax, dim<N>")
@@ -254,6 +273,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.report:
+        print(markdown_table(json.loads(args.report.read_text())))
+        return
+    if args.out is None:
+        raise SystemExit("pass --out DIR (results.json and the checkpoints go there)")
     preset = dict(PRESETS[args.preset])
     args.weights = args.weights or os.environ.get(preset["weights_env"])
     if not args.weights or not Path(args.weights).is_file():
@@ -292,6 +316,7 @@ def main(argv=None) -> None:
             args, preset, rows, started, name, variant, feat_dim, ablation_epochs, [(False, False)]
         )
     write_results(args, rows, started)
+    print("\n" + markdown_table(json.loads((args.out / "results.json").read_text())))
 
 
 if __name__ == "__main__":

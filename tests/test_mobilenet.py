@@ -196,12 +196,22 @@ def test_a_file_that_leaves_a_trunk_tensor_out_is_an_error_naming_it(tmp_path):
     assert str(path) in str(error.value)
 
 
-def test_a_resnet_file_for_mobilenet_lists_what_is_missing(tmp_path):
+def test_a_resnet_file_for_mobilenet_is_refused(tmp_path):
     resnet, _ = build_backbone("resnet_18")
     path = tmp_path / "resnet18.pth"
     torch.save(resnet.state_dict(), path)
-    with pytest.raises(ReidnetError, match=r"does not initialise the whole mobilenet_v2 trunk"):
+    with pytest.raises(ReidnetError, match=r"holds no weights for mobilenet_v2"):
         build_backbone("mobilenet_v2", pretrain_choice="imagenet", pretrained_model_path=path)
+
+
+def test_a_resnet_file_missing_a_tensor_is_an_error_naming_it(tmp_path):
+    resnet, _ = build_backbone("resnet_18")
+    state = resnet.state_dict()
+    del state["layer4.1.bn2.weight"]
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    with pytest.raises(ReidnetError, match=r"not in the file: layer4\.1\.bn2\.weight\b"):
+        build_backbone("resnet_18", pretrain_choice="imagenet", pretrained_model_path=path)
 
 
 def _real_weights_file() -> Path:
