@@ -190,6 +190,54 @@ def evaluate_variants(spec, checkpoint: Path, device, variants) -> list[tuple[st
     return rows
 
 
+def zero_shot_rows(args, preset) -> list[dict]:
+    """The ImageNet trunk before any training: its pooled feature, flip off and on."""
+    from reidnet.engine.trainer import architecture_of
+    from reidnet.model import BACKBONES, ReIdentificationNet
+
+    spec = build_spec(args, preset, args.out / "zero_shot", "recipe", 256, 1)
+    channels = BACKBONES[preset["backbone"]].channels
+    model = ReIdentificationNet(
+        preset["backbone"],
+        num_classes=1,
+        feat_dim=channels,
+        neck="no",
+        pretrain_choice="imagenet",
+        pretrained_model_path=args.weights,
+    ).eval()
+    spec.model.feat_dim, spec.model.neck = channels, "no"
+    path = args.out / "zero_shot" / "imagenet_trunk.pth"
+    header = ckpt.checkpoint_header(
+        epoch=0,
+        spec_dict=spec.model_dump(mode="json"),
+        identity_keys=["none"],
+        architecture=architecture_of(spec),
+    )
+    ckpt.atomic_torch_save({**header, "model": model.state_dict()}, path)
+    rows = []
+    for label, metrics in evaluate_variants(
+        spec, path, args.device, [(False, False), (True, False)]
+    ):
+        eval_minutes = metrics.pop("eval_seconds") / 60
+        rows.append(
+            {
+                "name": f"ImageNet trunk, no training ({label})",
+                "variant": "zero_shot",
+                "backbone": preset["backbone"],
+                "input": f"{preset['height']}x{preset['width']}",
+                "feat_dim": channels,
+                "epochs": 0,
+                "train_minutes": 0.0,
+                "train_cpu_minutes": 0.0,
+                "images_per_second": 0.0,
+                **metrics,
+                "eval_minutes": eval_minutes,
+                "minutes": eval_minutes,
+            }
+        )
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     header = (
         f"{'row':<44}{'mAP':>7}{'R-1':>7}{'R-5':>7}{'R-10':>7}{'mINP':>7}{'ep':>4}"
@@ -265,6 +313,9 @@ def parse_args(argv=None):
     parser.add_argument("--ablations", default="", help="comma list: scratch, softmax, dim<N>")
     parser.add_argument("--ablation-epochs", type=int, default=None)
     parser.add_argument("--skip-recipe", action="store_true", help="only the ablations")
+    parser.add_argument(
+        "--zero-shot", action="store_true", help="also score the ImageNet trunk untrained"
+    )
     parser.add_argument("--pretrained-model-path", dest="weights", default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -299,6 +350,9 @@ def main(argv=None) -> None:
     )
     started, rows = time.perf_counter(), []
     every_variant = [(False, False), (True, False), (False, True), (True, True)]
+    if args.zero_shot:
+        rows += zero_shot_rows(args, preset)
+        write_results(args, rows, started)
     if not args.skip_recipe:
         for index, feat_dim in enumerate(feat_dims):
             name = "recipe" if index == 0 else f"recipe_dim{feat_dim}"
