@@ -314,6 +314,11 @@ def load_trunk_weights(
             wrong_shape.append(f"{key} {tuple(tensor.shape)} vs {tuple(own[key].shape)}")
         else:
             matched[key] = tensor
+    if not matched:
+        raise ReidnetError(
+            f"{str(source)!r} holds no weights for {name} (no key and shape matches). Check "
+            f"model.pretrained_model_path and model.backbone."
+        )
     missing = [key for key in own if key not in matched and not key.endswith("num_batches_tracked")]
     if missing or wrong_shape:
         problems = [f"{len(missing)} trunk tensor(s) not in the file: {_listing(missing)}"]
