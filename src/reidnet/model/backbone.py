@@ -100,6 +100,7 @@ def build_backbone(
     maxpool, layer1..layer4), so torchvision state dicts load into it key for key; the ``tao``
     network has no ``relu`` child (it has no parameters, so the keys are the same). With
     ``last_stride=1`` layer4 keeps the resolution of layer3 (16x8 maps at 256x128 input).
+    ``mobilenet_v2``'s trunk is one child, ``features``, as in torchvision's MobileNetV2.
     ``pretrain_choice="imagenet"`` loads ImageNet weights; "self" and "none" leave the trunk
     randomly initialised ("self" checkpoints hold the whole network and are loaded by the caller).
     """
