@@ -29,7 +29,7 @@ from reidnet.errors import ReidnetError
 logger = logging.getLogger(__name__)
 
 ACTIONS = ("train", "evaluate", "inference", "export")
-BACKBONES = ("resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152")
+BACKBONES = ("resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152", "mobilenet_v2")
 
 
 class _Section(BaseModel):
@@ -39,9 +39,9 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """`model`: the network architecture and its initialisation."""
 
-    backbone: Literal["resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152"] = (
-        "resnet_50"
-    )
+    backbone: Literal[
+        "resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152", "mobilenet_v2"
+    ] = "resnet_50"
     network: Literal["torchvision", "tao"] = Field(
         "torchvision",
         description="torchvision: torchvision's ResNet (BasicBlock for 18/34, ReLU after the "

@@ -5,7 +5,10 @@ input `input` [N,3,256,128], output `fc_pred`, exported by torch), with or witho
 folded into the convolutions. Its architecture is read from the graph itself: the number of
 convolutions gives the depth, a ReLU (or not) between the stem and its max-pool the network, the
 stride of layer4's first 3x3 convolution the last stride, a final 1x1 convolution the feat_dim and
-a BatchNormalization after the pooling the BNNeck. The weights are then matched convolution by
+a BatchNormalization after the pooling the BNNeck. A graph with depthwise (grouped) convolutions
+is read as reidnet's mobilenet_v2 (52 trunk convolutions, then an optional projection; the stride
+of features.14's depthwise convolution is the last stride). The weights are then matched
+convolution by
 convolution in execution order (the order the exporter writes), each pair checked by shape and
 stride, so a graph of any other layout is refused instead of loaded wrongly.
 """
@@ -37,6 +40,10 @@ _TRUNK_CONVS = {
         155: "resnet_152",
     },
 }
+_MOBILENET_V2_CONVS = 52  # stem, 2 in features.1, 3 in each of features.2..17, features.18
+# The trunk convolution whose stride is the last stride (the shortcut conv of a ResNet's layer4
+# carries it for Bottleneck and BasicBlock alike).
+_LAST_STRIDE_CONV = {"mobilenet_v2": "features.14.conv.1.0", "resnet": "layer4.0.downsample.0"}
 _BN_EPS = 1e-5  # torch's BatchNorm default, which reidnet's modules use
 
 
@@ -91,19 +98,18 @@ def checkpoint_from_onnx(path: Path, spec) -> dict[str, Any]:
     graph = model_proto.graph
     reader = _GraphReader(graph)
     convs = reader.convs()
-    network = "torchvision" if reader.stem_has_relu() else "tao"
-    projection = convs.pop() if reader.ends_in_projection(convs[-1] if convs else None) else None
-    backbone = _TRUNK_CONVS[network].get(len(convs))
-    if backbone is None:
-        raise ReidnetError(
-            f"{path} has {len(convs)} trunk convolutions, which matches no {network} ResNet "
-            f"({', '.join(f'{n}: {c}' for c, n in _TRUNK_CONVS[network].items())}); is it a "
-            "ReIdentificationNet graph? (graphs exported with the flip feature are not read: "
-            "export without it)"
-        )
-    if backbone == "resnet_50" and spec.model.backbone == "resnet_34" and network == "tao":
-        backbone = "resnet_34"  # the same network in TAO
-    channels = 2048 if network == "tao" or backbone not in ("resnet_18", "resnet_34") else 512
+    if reader.has_grouped_convs():
+        backbone, network, channels = "mobilenet_v2", "torchvision", 1280
+        projection = convs.pop() if len(convs) == _MOBILENET_V2_CONVS + 1 else None
+        if len(convs) != _MOBILENET_V2_CONVS:
+            raise ReidnetError(
+                f"{path} has depthwise convolutions but {len(convs)} trunk convolutions where "
+                f"reidnet's mobilenet_v2 has {_MOBILENET_V2_CONVS}: not a reidnet MobileNetV2 "
+                "graph (graphs exported with the flip feature are not read: export without it)"
+            )
+    else:
+        backbone, network, projection = _resnet_layout(reader, convs, spec, path)
+        channels = 2048 if network == "tao" or backbone not in ("resnet_18", "resnet_34") else 512
     feat_dim = int(projection.weight.shape[0]) if projection is not None else channels
     neck = reader.neck_batch_norm()
     height, width = reader.input_size(spec)
@@ -112,7 +118,8 @@ def checkpoint_from_onnx(path: Path, spec) -> dict[str, Any]:
     std = _json_list(metadata.get("pixel_std")) or list(spec.dataset.pixel_std)
 
     order = _trunk_conv_order(backbone, network)
-    last_stride = convs[order.index("layer4.0.conv2")].strides[0]
+    family = "mobilenet_v2" if backbone == "mobilenet_v2" else "resnet"
+    last_stride = convs[order.index(_LAST_STRIDE_CONV[family])].strides[0]
     model = ReIdentificationNet(
         backbone,
         num_classes=0,
@@ -162,6 +169,23 @@ def checkpoint_from_onnx(path: Path, spec) -> dict[str, Any]:
     return {**header, "model": state, "source": {"format": "onnx", "file": str(path)}}
 
 
+def _resnet_layout(reader, convs: list, spec, path: Path) -> tuple[str, str, _Conv | None]:
+    """Depth, network and projection of a ResNet graph (pops the projection off ``convs``)."""
+    network = "torchvision" if reader.stem_has_relu() else "tao"
+    projection = convs.pop() if reader.ends_in_projection(convs[-1] if convs else None) else None
+    backbone = _TRUNK_CONVS[network].get(len(convs))
+    if backbone is None:
+        raise ReidnetError(
+            f"{path} has {len(convs)} trunk convolutions, which matches no {network} ResNet "
+            f"({', '.join(f'{n}: {c}' for c, n in _TRUNK_CONVS[network].items())}); is it a "
+            "ReIdentificationNet graph? (graphs exported with the flip feature are not read: "
+            "export without it)"
+        )
+    if backbone == "resnet_50" and spec.model.backbone == "resnet_34" and network == "tao":
+        backbone = "resnet_34"  # the same network in TAO
+    return backbone, network, projection
+
+
 def _trunk_conv_order(backbone: str, network: str) -> list[str]:
     """The trunk's convolution module names in the order its forward runs them."""
     from reidnet.model.backbone import build_backbone
@@ -181,7 +205,11 @@ def _trunk_conv_order(backbone: str, network: str) -> list[str]:
 
 
 def _batch_norm_name(conv_name: str) -> str:
-    """The BatchNorm that follows a trunk convolution: conv1 -> bn1, downsample.0 -> .1."""
+    """The BatchNorm that follows a trunk convolution: conv1 -> bn1, downsample.0 -> .1, and in
+    MobileNetV2 the next index of the same Sequential (features.1.conv.1 -> features.1.conv.2)."""
+    if conv_name.startswith("backbone.features."):
+        head, index = conv_name.rsplit(".", 1)
+        return f"{head}.{int(index) + 1}"
     if conv_name.endswith("downsample.0"):
         return conv_name[: -len("0")] + "1"
     return re.sub(r"conv(\d)$", r"bn\1", conv_name)
@@ -295,6 +323,15 @@ class _GraphReader:
         if nxt is not None and nxt.op_type == "BatchNormalization":
             nxt = self._only_consumer(nxt.output[0])
         return nxt
+
+    def has_grouped_convs(self) -> bool:
+        """Depthwise convolutions: a MobileNet, not a ResNet."""
+        return any(
+            attribute.name == "group" and attribute.i > 1
+            for node in self.graph.node
+            if node.op_type == "Conv"
+            for attribute in node.attribute
+        )
 
     def stem_has_relu(self) -> bool:
         stem = next(n for n in self.graph.node if n.op_type == "Conv")

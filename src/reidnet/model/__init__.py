@@ -1,4 +1,4 @@
-"""The re-identification network: ResNet backbones and the BNNeck model built on them."""
+"""The re-identification network: ResNet and MobileNetV2 backbones and the BNNeck model on them."""
 
 from reidnet.model.backbone import BACKBONES, build_backbone
 from reidnet.model.reidnet import ReIdentificationNet, StateLoadReport
