@@ -38,10 +38,17 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `reidnet use
 
 def current_caller(
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    session: Session = Depends(get_session),
+    state: ServiceState = Depends(get_state),
 ) -> Caller:
-    """The user whose API key the request carries, or 401."""
-    caller = caller_for_key(session, credentials.credentials) if credentials else None
+    """The user whose API key the request carries, or 401.
+
+    The key is looked up in a session of its own, closed before the endpoint runs: a request
+    that streams for minutes (a followed log) must not hold a pooled connection meanwhile.
+    """
+    caller = None
+    if credentials:
+        with state.database.session() as session:
+            caller = caller_for_key(session, credentials.credentials)
     if caller is None:
         raise HTTPException(
             401,

@@ -116,6 +116,7 @@ def delete_experiment(
         )
     for job in jobs:
         session.delete(job)
+    session.flush()  # the jobs' rows go first: they reference the experiment (foreign key)
     session.delete(experiment)
     session.commit()
     for job in jobs:

@@ -10,7 +10,7 @@ import asyncio
 import os
 import tarfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -19,8 +19,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.background import BackgroundTask
 
+from reidnet.config import shown
 from reidnet.service import schemas
 from reidnet.service.auth import Caller
 from reidnet.service.db import FINISHED_STATES, Job
@@ -170,18 +170,27 @@ def download(
     session: Session = Depends(get_session),
     state: ServiceState = Depends(get_state),
 ) -> FileResponse:
-    """One file, or a tar.gz of the job's folder; both answer HTTP Range requests (resume)."""
+    """One file, or the job's folder: a tar.gz once the job has ended (built once; like a file
+    it answers HTTP Range requests, to resume), a tar streamed as it is read while it runs."""
     job = experiment_job(session, caller, experiment_id, job_id)
     folder = job_dir(state.settings, job.id)
     if file is not None:
         path = job_file(folder, file)
         return FileResponse(path, filename=path.name, media_type="application/octet-stream")
-    archive, temporary = job_archive(state.settings, job)
+    if not folder.is_dir():
+        raise ServiceError(f"job {job.id!r} has no files yet (it is {job.status})", 404)
+    if job.status not in FINISHED_STATES or job.finished_at is None:
+        # Still changing: a plain tar streamed from the files as they are now, so a request
+        # costs neither a temporary archive on disk nor compression time.
+        return StreamingResponse(
+            stream_folder_tar(folder, job.id),
+            media_type="application/x-tar",
+            headers={"Content-Disposition": f'attachment; filename="{job.action}-{job.id}.tar"'},
+        )
     return FileResponse(
-        archive,
+        job_archive(state.settings, job),
         filename=f"{job.action}-{job.id}.tar.gz",
         media_type="application/gzip",
-        background=BackgroundTask(archive.unlink, missing_ok=True) if temporary else None,
     )
 
 
@@ -189,32 +198,63 @@ def job_file(folder: Path, relative: str) -> Path:
     """A file inside the job folder, refusing any path that leads out of it."""
     parts = PurePosixPath(relative.replace("\\", "/")).parts
     if not relative or PurePosixPath(relative).is_absolute() or ".." in parts:
-        raise ServiceError(f"file {relative!r} must be a relative path inside the job folder")
+        raise ServiceError(f"file {shown(relative)} must be a relative path inside the job folder")
     path = folder.joinpath(*parts)
-    if not (path.is_file() and path.resolve().is_relative_to(folder.resolve())):
-        raise ServiceError(f"no file {relative!r} in this job (see :list_files)", 404)
+    try:
+        found = path.is_file() and path.resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        found = False
+    if not found:
+        raise ServiceError(f"no file {shown(relative)} in this job (see :list_files)", 404)
     return path
 
 
-def job_archive(settings: ServiceSettings, job: Job) -> tuple[Path, bool]:
-    """A tar.gz of the job's folder: cached once the job has ended, else made per request."""
+def job_archive(settings: ServiceSettings, job: Job) -> Path:
+    """A tar.gz of an ended job's folder, built once and kept until the job runs again."""
     folder = job_dir(settings, job.id)
-    if not folder.is_dir():
-        raise ServiceError(f"job {job.id!r} has no files yet (it is {job.status})", 404)
-    finished = job.status in FINISHED_STATES and job.finished_at is not None
-    stamp = int(job.finished_at.timestamp() * 1000) if finished else None
-    target = settings.cache_dir / f"{job.id}-{stamp if finished else uuid.uuid4().hex}.tar.gz"
-    if finished:
-        if target.is_file():
-            return target, False
-        for stale in settings.cache_dir.glob(f"{job.id}-*.tar.gz"):  # the job ran again since
-            stale.unlink(missing_ok=True)
+    stamp = int(job.finished_at.timestamp() * 1000)
+    target = settings.cache_dir / f"{job.id}-{stamp}.tar.gz"
+    if target.is_file():
+        return target
+    for stale in settings.cache_dir.glob(f"{job.id}-*.tar.gz"):  # the job ran again since
+        stale.unlink(missing_ok=True)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
     with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
         for path, _ in _job_files(folder):
             tar.add(path, arcname=str(Path(job.id) / path.relative_to(folder)))
     os.replace(partial, target)
-    return target, not finished
+    return target
+
+
+_TAR_BLOCK = 512
+_STREAM_CHUNK = 1024 * 1024
+
+
+def stream_folder_tar(folder: Path, prefix: str) -> Iterator[bytes]:
+    """A tar of `folder`'s files (under `prefix/`), produced piece by piece as it is sent.
+
+    Each file is read as large as it was when opened: a log that grows meanwhile is cut
+    there, one replaced meanwhile (atomic writes) is read whole from the old version.
+    """
+    for path, _ in _job_files(folder):
+        try:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below, across yields
+        except OSError:  # removed since it was listed
+            continue
+        with stream:
+            size = os.fstat(stream.fileno()).st_size
+            info = tarfile.TarInfo(str(PurePosixPath(prefix, *path.relative_to(folder).parts)))
+            info.size, info.mtime, info.mode = size, int(os.fstat(stream.fileno()).st_mtime), 0o644
+            yield info.tobuf(format=tarfile.PAX_FORMAT)
+            remaining = size
+            while remaining and (chunk := stream.read(min(_STREAM_CHUNK, remaining))):
+                remaining -= len(chunk)
+                yield chunk
+            if remaining:  # truncated while read: keep the archive well formed
+                yield bytes(remaining)
+        if size % _TAR_BLOCK:
+            yield bytes(_TAR_BLOCK - size % _TAR_BLOCK)
+    yield bytes(2 * _TAR_BLOCK)  # the end-of-archive marker
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
