@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import reprlib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -707,12 +708,15 @@ _TYPE_WORDS = {
 
 def shown(value: Any, limit: int = 120) -> str:
     """`repr(value)` cut to `limit` characters: error messages never echo a huge value whole."""
-    text = repr(value)
+    # reprlib bounds the depth and width of containers (a 500-deep spec would overflow repr)
+    text = repr(value) if isinstance(value, (str, bytes)) else _SHORT_REPR.repr(value)
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters in all)"
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, 60, 60
 _RANGE_ERRORS = ("greater_than_equal", "less_than_equal", "greater_than", "less_than")
 
 
