@@ -52,21 +52,24 @@ def test_deleting_an_experiment_deletes_its_ended_jobs(alice, experiment_id):
 # -- 2: followed log streams hold no database connection ---------------------------------------
 
 
-def test_thirty_followed_log_streams_leave_the_service_answering(alice, bob, server, experiment_id):
+def test_more_followed_log_streams_than_pooled_connections_leave_the_service_answering(
+    alice, bob, server, experiment_id
+):
     jobs = jobs_url(experiment_id)
     train = alice.post(jobs, json={"action": "train", "specs": long_train()}).json()["id"]
     waiting = alice.post(jobs, json={"action": "evaluate", "parent_job_id": train}).json()["id"]
-    # More streams than the connection pool holds (5 + 10 overflow): before the fix the 16th
-    # waited 30 s for a connection and got a 500 (QueuePool limit reached).
+    # More streams than the connection pool holds (10 + 30 overflow): before the fix each
+    # stream held a connection, and the next request waited 30 s for one, then got a 500
+    # (QueuePool limit reached); the red-team run saw it at 30 streams with a pool of 5 + 10.
     streams = httpx.Client(
         base_url=server.url,
         headers=alice.headers,
         timeout=60,
-        limits=httpx.Limits(max_connections=40, max_keepalive_connections=40),
+        limits=httpx.Limits(max_connections=60, max_keepalive_connections=60),
     )
     opened = []
     try:
-        for _ in range(30):
+        for _ in range(45):
             request = streams.build_request("GET", f"{jobs}/{waiting}/logs?follow=true")
             response = streams.send(request, stream=True)
             opened.append(response)

@@ -150,11 +150,16 @@ class Database:
 
 
 def make_engine(url: str) -> Engine:
+    # Up to 40 connections: as many as the threads FastAPI runs endpoints in (anyio's default),
+    # so a burst of requests waits for a thread, never for a connection (QueuePool timeouts).
+    pool = {"pool_size": 10, "max_overflow": 30}
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+            )
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, **pool)
     except Exception as error:  # bad URL or a driver that is not installed
         raise ReidnetError(
             f"cannot use database URL {url!r}: {error} (for PostgreSQL install a driver, e.g. "
