@@ -1,14 +1,16 @@
 """Fuzz every operation of a live server's /openapi.json with schemathesis, with a valid key.
 
-Each operation is fuzzed twice: with generated path ids (mostly unknown: 404s) and with the
-ids of real resources, so handlers past the ownership check see generated input too (DELETEs
-only with generated ids, so the resources last the run). A response is a failure when it is a
-5xx or when a documented status comes with a body its schema refuses. Used by
-tests/service/test_fuzz.py (few examples) and benchmarks/service_fuzz.py (many).
+Each operation gets input that fits its schema and input that breaks it, each with generated
+path ids (mostly unknown: 404s) and with the ids of real resources, so handlers past the
+ownership check see generated input too (DELETEs only with generated ids, so the resources last
+the run). A response is a failure when it is a 5xx or when a documented status comes with a body
+its schema refuses. Used by tests/service/test_fuzz.py (few examples) and
+benchmarks/service_fuzz.py (many).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,8 +37,14 @@ def _ids_for(path: str, ids: dict[str, str]) -> dict[str, str] | None:
     return {name: ids[name] for name in names}
 
 
-def fuzz_api(base_url: str, key: str, ids: dict[str, str], examples: int) -> FuzzReport:
+def fuzz_api(
+    base_url: str, key: str, ids: dict[str, str], examples: int, negative: bool = True
+) -> FuzzReport:
+    """`negative`: also bodies, queries and path values that break the schema (4xx expected)."""
     import schemathesis
+    from schemathesis import GenerationMode
+
+    modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if negative else [])
 
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     headers = {"Authorization": f"Bearer {key}"}
@@ -46,8 +54,8 @@ def fuzz_api(base_url: str, key: str, ids: dict[str, str], examples: int) -> Fuz
         label = f"{operation.method.upper()} {operation.path}"
         fixed = _ids_for(operation.path, ids)
         variants = [None] if fixed is None or operation.method == "delete" else [None, fixed]
-        for path_parameters in variants:
-            strategy = operation.as_strategy(path_parameters=path_parameters)
+        for mode, path_parameters in itertools.product(modes, variants):
+            strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
             _fuzz_operation(strategy, label, base_url, headers, examples, report)
     return report
 
