@@ -62,6 +62,7 @@ def fuzz_api(
 
 def _fuzz_operation(strategy, label, base_url, headers, examples, report: FuzzReport) -> None:
     from schemathesis.checks import not_a_server_error
+    from schemathesis.core.failures import FailureGroup
     from schemathesis.specs.openapi.checks import response_schema_conformance
 
     @hypothesis.settings(
@@ -79,7 +80,7 @@ def _fuzz_operation(strategy, label, base_url, headers, examples, report: FuzzRe
         for check in (not_a_server_error, response_schema_conformance):
             try:
                 case.validate_response(response, checks=[check], headers=headers)
-            except Exception as failure:  # schemathesis raises a group of failures
+            except (FailureGroup, Exception) as failure:  # the group is a BaseExceptionGroup
                 first = str(failure).strip().splitlines()
                 report.failures.append(
                     f"{label} -> {response.status_code}: {check.__name__}: "

@@ -76,7 +76,50 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     _add_error_handlers(app)
     _add_body_limit(app)
+    _document_validation_errors(app)
     return app
+
+
+# What `invalid_request` answers with 422, in place of FastAPI's default schema (a list `detail`).
+_VALIDATION_PROBLEM = {
+    "title": "HTTPValidationError",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {
+        "detail": {"type": "string", "description": "Every problem, one 'where: what' each."},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {
+                        "type": "array",
+                        "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                    },
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def _document_validation_errors(app: FastAPI) -> None:
+    """Make /openapi.json describe the 422 body this service sends."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            components = schema.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in components:
+                components["HTTPValidationError"] = _VALIDATION_PROBLEM
+                components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _add_error_handlers(app: FastAPI) -> None:
