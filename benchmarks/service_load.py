@@ -72,7 +72,7 @@ async def follower(client, url, deadline, latencies, errors) -> None:
     while time.monotonic() < deadline:
         start = time.perf_counter()
         try:
-            async with client.stream("GET", url, timeout=None) as response:
+            async with client.stream("GET", url, timeout=httpx.Timeout(60, read=None)) as response:
                 if response.status_code != 200:
                     errors["follow log"] += 1
                     return
@@ -100,7 +100,10 @@ async def run_phase(base_url, key, urls, follow_url, clients, followers, seconds
         tasks += [
             follower(client, follow_url, deadline, latencies, errors) for _ in range(followers)
         ]
-        await asyncio.gather(*tasks)
+        try:  # a request still waiting a minute after the phase ended counts as lost
+            await asyncio.wait_for(asyncio.gather(*tasks), seconds + 60)
+        except asyncio.TimeoutError:
+            errors["unfinished at the end"] += 1
     return latencies, errors
 
 

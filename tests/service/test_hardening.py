@@ -58,18 +58,18 @@ def test_more_followed_log_streams_than_pooled_connections_leave_the_service_ans
     jobs = jobs_url(experiment_id)
     train = alice.post(jobs, json={"action": "train", "specs": long_train()}).json()["id"]
     waiting = alice.post(jobs, json={"action": "evaluate", "parent_job_id": train}).json()["id"]
-    # More streams than the connection pool holds (10 + 30 overflow): before the fix each
+    # More streams than the connection pool holds (10 + 40 overflow): before the fix each
     # stream held a connection, and the next request waited 30 s for one, then got a 500
     # (QueuePool limit reached); the red-team run saw it at 30 streams with a pool of 5 + 10.
     streams = httpx.Client(
         base_url=server.url,
         headers=alice.headers,
         timeout=60,
-        limits=httpx.Limits(max_connections=60, max_keepalive_connections=60),
+        limits=httpx.Limits(max_connections=70, max_keepalive_connections=70),
     )
     opened = []
     try:
-        for _ in range(45):
+        for _ in range(55):
             request = streams.build_request("GET", f"{jobs}/{waiting}/logs?follow=true")
             response = streams.send(request, stream=True)
             opened.append(response)

@@ -150,9 +150,10 @@ class Database:
 
 
 def make_engine(url: str) -> Engine:
-    # Up to 40 connections: as many as the threads FastAPI runs endpoints in (anyio's default),
-    # so a burst of requests waits for a thread, never for a connection (QueuePool timeouts).
-    pool = {"pool_size": 10, "max_overflow": 30}
+    # Up to 50 connections: more than the 40 threads FastAPI runs endpoints in (anyio's default)
+    # plus the scheduler's and the dataset worker's, since sessions end with the endpoint
+    # function: a burst of requests waits for a thread, never 30 s for a connection.
+    pool = {"pool_size": 10, "max_overflow": 40}
     try:
         if url.startswith("sqlite"):
             engine = create_engine(

@@ -29,6 +29,9 @@ def get_state(request: Request) -> ServiceState:
 
 
 def get_session(state: ServiceState = Depends(get_state)) -> Iterator[Session]:
+    """A session around the endpoint function. Routes take it with `scope="function"`, so it is
+    committed and its connection returned before the response is sent: a slow client or a big
+    download then holds no pooled connection."""
     with state.database.session() as session:
         yield session
 

@@ -68,7 +68,7 @@ def submit_job(
     experiment_id: str,
     request: schemas.JobCreate,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.JobCreated:
     """Queue a job. Specs are partial overrides, validated now (400 names the key).
@@ -87,7 +87,7 @@ def submit_job(
 def list_jobs(
     experiment_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> list[schemas.Job]:
     """The experiment's jobs in submission order."""
@@ -103,7 +103,7 @@ def cancel_job(
     experiment_id: str,
     job_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.Job:
     """Cancel a queued job, or stop a running one (a train job writes a checkpoint first)."""
@@ -117,7 +117,7 @@ def resume_job(
     job_id: str,
     request: schemas.JobResume | None = Body(None),
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.Job:
     """Queue a Canceled or Error job again; a train job continues from its latest checkpoint."""
@@ -131,7 +131,7 @@ def list_files(
     experiment_id: str,
     job_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> list[schemas.FileEntry]:
     """Every file in the job's folder, paths relative to it."""
@@ -167,7 +167,7 @@ def download(
     job_id: str,
     file: str | None = Query(None, description="A path from :list_files; else the folder."),
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> FileResponse:
     """One file, or the job's folder: a tar.gz once the job has ended (built once; like a file
@@ -341,7 +341,7 @@ def get_job(
     experiment_id: str,
     job_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.Job:
     """Status, timestamps, progress (epoch, losses, images/s, ETA), result and error."""
@@ -353,7 +353,7 @@ def delete_job(
     experiment_id: str,
     job_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.Deleted:
     """Delete an ended job and its folder."""
