@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request
@@ -28,12 +28,25 @@ def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def get_session(state: ServiceState = Depends(get_state)) -> Iterator[Session]:
-    """A session around the endpoint function. Routes take it with `scope="function"`, so it is
-    committed and its connection returned before the response is sent: a slow client or a big
-    download then holds no pooled connection."""
-    with state.database.session() as session:
+async def get_session(state: ServiceState = Depends(get_state)) -> AsyncIterator[Session]:
+    """A session around the endpoint function (routes take it with `scope="function"`).
+
+    Its end runs on the event loop, not in a worker thread: were it a sync dependency, the
+    close would queue for a thread while the endpoints holding every thread wait for the
+    connections those closes would return (40 threads, QueuePool timeouts under load). The
+    endpoints commit their writes themselves; anything left pending is committed here.
+    Closing returns the connection at once, before the response is sent.
+    """
+    session = state.database.sessions()
+    try:
         yield session
+        if session.new or session.dirty or session.deleted:
+            session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `reidnet users create`.")
