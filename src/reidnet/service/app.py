@@ -47,6 +47,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        for partial in settings.cache_dir.glob(".*"):  # archives a killed server left half built
+            partial.unlink(missing_ok=True)
         await run_in_threadpool(state.jobs.start)
         await run_in_threadpool(state.datasets.recover)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tarfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
@@ -209,21 +210,43 @@ def job_file(folder: Path, relative: str) -> Path:
     return path
 
 
+_ARCHIVE_LOCKS: dict[str, threading.Lock] = {}
+_ARCHIVE_LOCKS_GUARD = threading.Lock()
+
+
+def _archive_lock(job_id: str) -> threading.Lock:
+    with _ARCHIVE_LOCKS_GUARD:
+        return _ARCHIVE_LOCKS.setdefault(job_id, threading.Lock())
+
+
 def job_archive(settings: ServiceSettings, job: Job) -> Path:
-    """A tar.gz of an ended job's folder, built once and kept until the job runs again."""
-    folder = job_dir(settings, job.id)
+    """A tar.gz of an ended job's folder, built once and kept until the job runs again.
+
+    Concurrent requests wait for the one build (the load benchmark's 50 clients otherwise
+    built the same 120 MB archive two dozen times at once).
+    """
     stamp = int(job.finished_at.timestamp() * 1000)
     target = settings.cache_dir / f"{job.id}-{stamp}.tar.gz"
     if target.is_file():
         return target
+    with _archive_lock(job.id):
+        if not target.is_file():
+            _build_archive(settings, job, target)
+    return target
+
+
+def _build_archive(settings: ServiceSettings, job: Job, target: Path) -> None:
+    folder = job_dir(settings, job.id)
     for stale in settings.cache_dir.glob(f"{job.id}-*.tar.gz"):  # the job ran again since
         stale.unlink(missing_ok=True)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-    with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
-        for path, _ in _job_files(folder):
-            tar.add(path, arcname=str(Path(job.id) / path.relative_to(folder)))
-    os.replace(partial, target)
-    return target
+    try:
+        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+            for path, _ in _job_files(folder):
+                tar.add(path, arcname=str(Path(job.id) / path.relative_to(folder)))
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 _TAR_BLOCK = 512
