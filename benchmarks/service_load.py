@@ -1,8 +1,9 @@
 """Load on `reidnet serve`: N concurrent clients for D seconds, idle server vs. one that trains.
 
 Each client loops over a weighted mix: poll a job's status (the notebook's main call), list
-datasets and jobs, read a log's tail, download a finished job's file or folder archive; a few
-more clients hold `?follow=true` log streams for the whole phase. The same load runs twice in
+datasets and jobs, read a log's tail, download a finished job's file; a few more clients hold
+`?follow=true` log streams for the whole phase, and a couple download a finished job's whole
+folder (a cached ~120 MB tar.gz) one after another. The same load runs twice in
 one server: first idle, then while a train job runs. Prints p50/p95/p99 latency per endpoint and
 the error count per phase. Target: 0 errors and a status-poll p95 under 100 ms while training.
 
@@ -40,8 +41,7 @@ MIX = (  # endpoint, weight
     ("list datasets", 10),
     ("list jobs", 10),
     ("log tail", 10),
-    ("download file", 15),
-    ("download folder", 5),
+    ("download file", 20),
 )
 
 
@@ -50,10 +50,10 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-async def client_loop(client, urls, deadline, latencies, errors, seed) -> None:
+async def client_loop(client, urls, deadline, latencies, errors, seed, only=()) -> None:
     rng = random.Random(seed)
-    names = [name for name, _ in MIX]
-    weights = [weight for _, weight in MIX]
+    names = list(only) or [name for name, _ in MIX]
+    weights = [1] * len(only) or [weight for _, weight in MIX]
     while time.monotonic() < deadline:
         name = rng.choices(names, weights)[0]
         start = time.perf_counter()
@@ -88,7 +88,9 @@ async def follower(client, url, deadline, latencies, errors) -> None:
         await asyncio.sleep(0.5)
 
 
-async def run_phase(base_url, key, urls, follow_url, clients, followers, seconds):
+async def run_phase(
+    base_url, key, urls, follow_url, folder_url, clients, followers, downloaders, seconds
+):
     latencies, errors = defaultdict(list), defaultdict(int)
     limits = httpx.Limits(max_connections=clients + followers + 10)
     headers = {"Authorization": f"Bearer {key}"}
@@ -99,6 +101,11 @@ async def run_phase(base_url, key, urls, follow_url, clients, followers, seconds
         tasks = [client_loop(client, urls, deadline, latencies, errors, i) for i in range(clients)]
         tasks += [
             follower(client, follow_url, deadline, latencies, errors) for _ in range(followers)
+        ]
+        folder = {"download folder": folder_url}
+        tasks += [
+            client_loop(client, folder, deadline, latencies, errors, -1 - i, ("download folder",))
+            for i in range(downloaders)
         ]
         try:  # a request still waiting a minute after the phase ended counts as lost
             await asyncio.wait_for(asyncio.gather(*tasks), seconds + 60)
@@ -130,19 +137,19 @@ def prepare(server: LiveServer, root: Path):
         "list jobs": jobs,
         "log tail": f"{jobs}/{done}/logs?tail=20",
         "download file": f"{jobs}/{done}:download?file=train/status.json",
-        "download folder": f"{jobs}/{done}:download",
     }
+    folder_url = f"{jobs}/{done}:download"
     # The finished job's tar.gz is built by the first request for it, then served from the
     # cache: build it here, so the phases measure the steady state.
-    client.get(urls["download folder"], timeout=600).raise_for_status()
-    return key, client, experiment, jobs, done, urls
+    client.get(folder_url, timeout=600).raise_for_status()
+    return key, client, experiment, jobs, done, urls, folder_url
 
 
 def report(phase: str, latencies, errors, seconds: float) -> None:
     print(f"\n{phase}")
     print("| endpoint | requests | req/s | p50 ms | p95 ms | p99 ms | errors |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name in [n for n, _ in MIX] + ["follow log"]:
+    for name in [n for n, _ in MIX] + ["follow log", "download folder"]:
         values = latencies.get(name, [])
         p50, p95, p99 = (1000 * percentile(values, q) for q in (0.5, 0.95, 0.99))
         print(
@@ -156,6 +163,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--followers", type=int, default=5, help="held ?follow=true streams")
+    parser.add_argument("--downloaders", type=int, default=2, help="whole-folder downloaders")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--database-url", default=None, help="default: SQLite in the data dir")
     args = parser.parse_args()
@@ -164,19 +172,19 @@ def main() -> int:
         root = Path(folder)
         server = LiveServer(root / "data", *options).start()
         try:
-            key, client, experiment, jobs, done, urls = prepare(server, root)
+            key, client, experiment, jobs, done, urls, folder_url = prepare(server, root)
             follow_url = f"{jobs}/{done}/logs?follow=true"  # ended: streams, then reconnects
             idle = asyncio.run(
-                run_phase(server.url, key, urls, follow_url, args.clients, args.followers,
-                          args.seconds)
+                run_phase(server.url, key, urls, follow_url, folder_url, args.clients,
+                          args.followers, args.downloaders, args.seconds)
             )  # fmt: skip
             specs = {**TINY_TRAIN, "train": {**TINY_TRAIN["train"], "num_epochs": 100_000}}
             training = client.post(jobs, json={"action": "train", "specs": specs}).json()["id"]
             wait_for_job(client, experiment, training, until=lambda j: j["status"] == "Running")
             follow_url = f"{jobs}/{training}/logs?follow=true"  # live: held the whole phase
             busy = asyncio.run(
-                run_phase(server.url, key, urls, follow_url, args.clients, args.followers,
-                          args.seconds)
+                run_phase(server.url, key, urls, follow_url, folder_url, args.clients,
+                          args.followers, args.downloaders, args.seconds)
             )  # fmt: skip
             epochs = client.get(f"{jobs}/{training}").json()["progress"] or {}
             client.post(f"{jobs}/{training}:cancel")
@@ -184,7 +192,8 @@ def main() -> int:
             client.close()
         finally:
             server.stop()
-    print(f"{args.clients} clients + {args.followers} followed logs, {args.seconds:.0f} s a phase; "
+    print(f"{args.clients} clients + {args.followers} followed logs + {args.downloaders} folder "
+          f"downloaders, {args.seconds:.0f} s a phase; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     report("idle server", *idle, args.seconds)
     report(f"while a train job runs (epoch {epochs.get('epoch')} reached)", *busy, args.seconds)
