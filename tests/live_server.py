@@ -9,9 +9,15 @@ import subprocess
 import sys
 import tarfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+
+# Set to a PostgreSQL URL (an account that may CREATE DATABASE), every LiveServer keeps its
+# state in a fresh database of that server instead of SQLite: .ci/run runs the service suite so.
+DATABASE_URL = os.environ.get("REIDNET_TEST_DATABASE_URL", "")
+_DATABASES: dict[Path, str] = {}  # data folder -> the database its server uses
 
 # Train specs that make a job take seconds on a CPU.
 TINY_TRAIN = {
@@ -44,8 +50,28 @@ def reidnet_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "reidnet", *args]
 
 
+def fresh_database(admin_url: str) -> str:
+    """The URL of a new, empty database on the server `admin_url` points to."""
+    from sqlalchemy import create_engine, make_url, text
+
+    name = f"reidnet_test_{uuid.uuid4().hex[:16]}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def database_options(data_dir: Path, options: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """`--database-url` of the server on `data_dir` when the suite runs on PostgreSQL."""
+    if "--database-url" in options or Path(data_dir) not in _DATABASES:
+        return ()
+    return ("--database-url", _DATABASES[Path(data_dir)])
+
+
 def create_user(data_dir: Path, name: str, *options: str) -> str:
     """`reidnet users create`; the API key is the last line of its output."""
+    options = (*options, *database_options(data_dir, options))
     done = subprocess.run(
         reidnet_command("users", "create", name, "--data-dir", str(data_dir), *options),
         capture_output=True,
@@ -60,7 +86,9 @@ class LiveServer:
 
     def __init__(self, data_dir: Path, *options: str):
         self.data_dir = Path(data_dir)
-        self.options = options
+        if DATABASE_URL and "--database-url" not in options:
+            _DATABASES.setdefault(self.data_dir, fresh_database(DATABASE_URL))
+        self.options = (*options, *database_options(self.data_dir, options))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
@@ -98,6 +126,12 @@ class LiveServer:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    @property
+    def database_url(self) -> str:
+        if "--database-url" in self.options:
+            return self.options[self.options.index("--database-url") + 1]
+        return f"sqlite:///{self.data_dir / 'reidnet.db'}"
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.is_file() else ""

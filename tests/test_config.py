@@ -87,7 +87,7 @@ def test_softmax_sampler_does_not_need_pk_batches():
 
 
 def test_feat_dim_below_one_is_refused():
-    with pytest.raises(ReidnetError, match=r"model.feat_dim must be at least 1 \(got 0\)"):
+    with pytest.raises(ReidnetError, match=r"model.feat_dim: must be from 1 to 8192 \(got 0\)"):
         load_spec(data={"model": {"feat_dim": 0}})
 
 

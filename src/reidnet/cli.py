@@ -708,6 +708,87 @@ def users_create(
     print(key)
 
 
+def _service_database(data_dir: Path, database_url: str | None):
+    from reidnet.service.db import Database
+    from reidnet.service.settings import ServiceSettings
+
+    settings = ServiceSettings(data_dir=data_dir, database_url=database_url)
+    settings.make_folders()
+    database = Database(settings.url)
+    database.create_all()
+    return settings, database
+
+
+UserName = Annotated[str, typer.Argument(help="The user's name (see `reidnet users list`).")]
+
+
+@users_app.command("list")
+def users_list(data_dir: DataDirOption, database_url: DatabaseOption = None) -> None:
+    """Every user: created when, key active or revoked, and what they own."""
+    from rich.table import Table
+
+    from reidnet.service.auth import list_users
+
+    _, database = _service_database(data_dir, database_url)
+    users = list_users(database)
+    database.dispose()
+    table = Table("user", "created (UTC)", "key", "datasets", "experiments", "jobs")
+    for user in users:
+        table.add_row(
+            user.name,
+            user.created_at.strftime("%Y-%m-%d %H:%M"),
+            "revoked" if user.revoked else "active",
+            str(user.datasets),
+            str(user.experiments),
+            str(user.jobs),
+        )
+    console.print(table)
+
+
+@users_app.command("revoke")
+def users_revoke(
+    name: UserName, data_dir: DataDirOption, database_url: DatabaseOption = None
+) -> None:
+    """Disable a user's API key at once (from their next request); their data stays."""
+    from reidnet.service.auth import revoke_user
+
+    _, database = _service_database(data_dir, database_url)
+    revoke_user(database, name)
+    database.dispose()
+    console.print(f"revoked the key of {name!r}; `reidnet users rotate` gives a new one")
+
+
+@users_app.command("rotate")
+def users_rotate(
+    name: UserName, data_dir: DataDirOption, database_url: DatabaseOption = None
+) -> None:
+    """Give a user a new API key (printed once, as the last line); the old one stops working."""
+    from reidnet.service.auth import rotate_key
+
+    _, database = _service_database(data_dir, database_url)
+    key = rotate_key(database, name)
+    database.dispose()
+    console.print(f"new API key of {name!r} (shown only now):", highlight=False)
+    print(key)
+
+
+@users_app.command("delete")
+def users_delete(
+    name: UserName, data_dir: DataDirOption, database_url: DatabaseOption = None
+) -> None:
+    """Delete a user with all their datasets, experiments and jobs (files included)."""
+    from reidnet.service.auth import delete_user
+
+    settings, database = _service_database(data_dir, database_url)
+    summary = delete_user(database, settings, name)
+    database.dispose()
+    console.print(
+        f"deleted user {name!r} with {summary.datasets} dataset(s), {summary.experiments} "
+        f"experiment(s) and {summary.jobs} job(s)",
+        highlight=False,
+    )
+
+
 def main() -> None:
     """Console entry point: run the app, print user errors without a traceback."""
     try:

@@ -258,7 +258,8 @@ class Client:
         file: str | None = None,
         dest: str | Path = ".",
     ) -> Path:
-        """Save one job file (or a tar.gz of the job folder) under `dest`; returns the path.
+        """Save one job file (or the job folder: a tar.gz once the job has ended, a plain .tar
+        while it runs) under `dest`; returns the path.
 
         An interrupted download continues where it stopped (HTTP Range) when called again.
         """
@@ -286,6 +287,9 @@ class Client:
                 with open(partial, mode) as stream:
                     for chunk in reply.iter_bytes():
                         stream.write(chunk)
+                streamed = reply.headers.get("content-type", "").startswith("application/x-tar")
+                if file is None and streamed and target.name == f"{job_id}.tar.gz":
+                    target = target.with_name(f"{job_id}.tar")  # a running job's folder
         os.replace(partial, target)
         return target
 

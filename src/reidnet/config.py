@@ -11,8 +11,10 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import reprlib
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,6 +32,24 @@ logger = logging.getLogger(__name__)
 
 ACTIONS = ("train", "evaluate", "inference", "export")
 BACKBONES = ("resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152", "mobilenet_v2")
+
+
+# Bounds of the size-like integers. They keep a typo or a hostile value (input_height 10**6,
+# num_epochs 10**12) from reaching torch as an allocation of gigabytes or a job that never ends;
+# each is far above any real recipe (TAO trains 256x128 crops, 120 epochs, feat_dim <= 2048).
+MAX_INPUT_SIZE = 2048
+MAX_FEAT_DIM = 8192
+MAX_BATCH = 8192
+MAX_WORKERS = 256
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1  # numpy's seeding limit
+MAX_COUNT = 10_000_000
+MAX_NEIGHBOURS = 1000
+MAX_PLOT = 100
+MAX_DEVICES = 4096
+
+Epoch = Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
+DeviceId = Annotated[int, Field(ge=0, le=MAX_DEVICES)]
 
 
 class _Section(BaseModel):
@@ -58,10 +78,12 @@ class ModelConfig(_Section):
         None, description="Local weights file for pretrain_choice imagenet or self."
     )
     input_channels: Literal[3] = 3
-    input_width: int = Field(128, ge=16)
-    input_height: int = Field(256, ge=16)
+    input_width: int = Field(128, ge=16, le=MAX_INPUT_SIZE)
+    input_height: int = Field(256, ge=16, le=MAX_INPUT_SIZE)
     neck: Literal["bnneck", "no"] = "bnneck"
-    feat_dim: int = Field(256, description="Embedding size; a 1x1 projection when not 2048.")
+    feat_dim: int = Field(
+        256, ge=1, le=MAX_FEAT_DIM, description="Embedding size; a 1x1 projection when not 2048."
+    )
     neck_feat: Literal["after", "before"] = "after"
     metric_loss_type: Literal["triplet", "center", "triplet_center"] = "triplet"
     with_center_loss: bool = False
@@ -117,24 +139,28 @@ class DatasetConfig(_Section):
     num_classes: int = Field(
         751,
         ge=1,
+        le=MAX_COUNT,
         description="Ignored: reidnet counts identities from the data (a differing value is "
         "reported when training starts).",
     )
     batch_size: int = Field(
         64,
         ge=1,
+        le=MAX_BATCH,
         description="The global batch, as in TAO: under torchrun each of N processes trains on "
         "batch_size / N of it (whole identities).",
     )
-    val_batch_size: int = Field(128, ge=1)
-    num_workers: int = Field(8, ge=0, description="Data loader workers (capped at CPU count).")
+    val_batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    num_workers: int = Field(
+        8, ge=0, le=MAX_WORKERS, description="Data loader workers (capped at CPU count)."
+    )
     pixel_mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
     pixel_std: list[float] = Field(default_factory=lambda: [0.226, 0.226, 0.226])
-    padding: int = Field(10, ge=0)
+    padding: int = Field(10, ge=0, le=MAX_INPUT_SIZE)
     prob: float = Field(0.5, ge=0.0, le=1.0, description="Horizontal flip probability.")
     re_prob: float = Field(0.5, ge=0.0, le=1.0, description="Random erasing probability.")
     sampler: Literal["softmax", "triplet", "softmax_triplet"] = "softmax_triplet"
-    num_instances: int = Field(4, ge=1)
+    num_instances: int = Field(4, ge=1, le=MAX_BATCH)
 
     @field_validator("train_dataset_dir", mode="before")
     @classmethod
@@ -147,7 +173,7 @@ class DatasetConfig(_Section):
         if value is not None:
             raise ValueError(
                 "dataset.train_dataset_dir must be a folder path or a list of folder paths "
-                f"and {{path, source, identity_group}} entries, got {value!r}"
+                f"and {{path, source, identity_group}} entries, got {shown(value)}"
             )
         return value
 
@@ -160,11 +186,11 @@ class ReRankingConfig(_Section):
     """`re_ranking`: k-reciprocal re-ranking and the evaluation plots."""
 
     re_ranking: bool = False
-    k1: int = Field(20, ge=1)
-    k2: int = Field(6, ge=1)
+    k1: int = Field(20, ge=1, le=MAX_NEIGHBOURS)
+    k2: int = Field(6, ge=1, le=MAX_NEIGHBOURS)
     lambda_value: float = Field(0.3, ge=0.0, le=1.0)
-    max_rank: int = Field(10, ge=1, description="Columns of the sampled-matches plot.")
-    num_query: int = Field(10, ge=1, description="Rows of the sampled-matches plot.")
+    max_rank: int = Field(10, ge=1, le=MAX_PLOT, description="Columns of the sampled-matches plot.")
+    num_query: int = Field(10, ge=1, le=MAX_PLOT, description="Rows of the sampled-matches plot.")
 
 
 class OptimConfig(_Section):
@@ -172,15 +198,18 @@ class OptimConfig(_Section):
 
     name: Literal["Adam", "AdamW", "SGD"] = "Adam"
     lr_monitor: str = "val_loss"
-    lr_steps: list[int] = Field(default_factory=lambda: [40, 70])
+    lr_steps: list[Epoch] = Field(default_factory=lambda: [40, 70])
     gamma: float = Field(0.1, gt=0.0)
     bias_lr_factor: float = Field(1.0, ge=0.0)
     weight_decay: float = Field(0.0005, ge=0.0)
     weight_decay_bias: float = Field(0.0005, ge=0.0)
     warmup_factor: float = Field(0.01, ge=0.0, le=1.0)
-    warmup_iters: int = Field(10, ge=0, description="Warm-up length in epochs.")
+    warmup_iters: int = Field(10, ge=0, le=MAX_EPOCHS, description="Warm-up length in epochs.")
     warmup_epochs: int = Field(
-        20, ge=0, description="Warm-up length in epochs of the cosine schedule (TAO's)."
+        20,
+        ge=0,
+        le=MAX_EPOCHS,
+        description="Warm-up length in epochs of the cosine schedule (TAO's).",
     )
     warmup_method: Literal["linear", "constant", "cosine"] = Field(
         "linear",
@@ -230,22 +259,26 @@ class TrainConfig(_Section):
     """`train`: the training run."""
 
     results_dir: str | None = None
-    num_gpus: int = Field(1, ge=1)
-    gpu_ids: list[int] = Field(default_factory=lambda: [0])
-    num_nodes: int = Field(1, ge=1)
-    seed: int = Field(1234, ge=-1, description="Random seed; -1 leaves runs unseeded.")
+    num_gpus: int = Field(1, ge=1, le=MAX_DEVICES)
+    gpu_ids: list[DeviceId] = Field(default_factory=lambda: [0])
+    num_nodes: int = Field(1, ge=1, le=MAX_DEVICES)
+    seed: int = Field(1234, ge=-1, le=MAX_SEED, description="Random seed; -1 leaves runs unseeded.")
     cudnn: CuDNNConfig = Field(default_factory=CuDNNConfig)
-    num_epochs: int = Field(120, ge=1)
-    checkpoint_interval: int = Field(10, ge=1)
+    num_epochs: int = Field(120, ge=1, le=MAX_EPOCHS)
+    checkpoint_interval: int = Field(10, ge=1, le=MAX_EPOCHS)
     keep_checkpoints: int = Field(
         5,
         ge=0,
+        le=MAX_EPOCHS,
         description="How many model_epoch_NNN.pth to keep (the newest); 0 keeps every one. "
         "reid_model_latest.pth and reid_model_best.pth (best validation mAP) are kept besides.",
     )
-    validation_interval: int = Field(10, ge=1)
+    validation_interval: int = Field(10, ge=1, le=MAX_EPOCHS)
     log_every_n_steps: int = Field(
-        50, ge=1, description="A progress log line every N steps when not on a terminal."
+        50,
+        ge=1,
+        le=10**9,
+        description="A progress log line every N steps when not on a terminal.",
     )
     resume_training_checkpoint_path: str | None = None
     grad_clip: float = Field(0.0, ge=0.0, description="Max gradient norm; 0 disables clipping.")
@@ -281,10 +314,10 @@ class _ModelRunSection(_Section):
     """Keys shared by the actions that run a trained model over query and gallery images."""
 
     results_dir: str | None = None
-    num_gpus: int = Field(1, ge=1)
-    gpu_ids: list[int] = Field(default_factory=lambda: [0])
-    gpu_id: int = 0
-    num_nodes: int = Field(1, ge=1)
+    num_gpus: int = Field(1, ge=1, le=MAX_DEVICES)
+    gpu_ids: list[DeviceId] = Field(default_factory=lambda: [0])
+    gpu_id: DeviceId = 0
+    num_nodes: int = Field(1, ge=1, le=MAX_DEVICES)
     checkpoint: str | None = None
     onnx_file: str | None = Field(
         None, description="Run this ONNX model with onnxruntime instead of a checkpoint."
@@ -323,7 +356,7 @@ class ExportConfig(_Section):
     """`export`: ONNX export and the DeepStream / TensorRT files beside it."""
 
     results_dir: str | None = None
-    gpu_id: int = 0
+    gpu_id: DeviceId = 0
     checkpoint: str | None = None
     onnx_file: str | None = Field(
         None, description="ONNX file to write (default <results_dir>/export/reid_model.onnx)."
@@ -364,8 +397,6 @@ class ExperimentSpec(_Section):
     def _check_combinations(self) -> ExperimentSpec:
         problems = []
         data, model = self.dataset, self.model
-        if model.feat_dim < 1:
-            problems.append(f"model.feat_dim must be at least 1 (got {model.feat_dim})")
         if data.sampler != "softmax" and data.batch_size % data.num_instances:
             problems.append(
                 f"dataset.batch_size ({data.batch_size}) must be a multiple of "
@@ -564,13 +595,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ReidnetError(
-            f"override {text!r} is not of the form key.sub=value "
+            f"override {shown(text)} is not of the form key.sub=value "
             "(e.g. train.num_epochs=5 or dataset.pixel_mean=[0.5,0.5,0.5])"
         )
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = safe_load_yaml(value_text) if value_text.strip() else None
     except yaml.YAMLError as error:
-        raise ReidnetError(f"override {text!r}: the value is not valid YAML ({error})") from None
+        raise ReidnetError(
+            f"override {shown(text)}: the value is not valid YAML ({error})"
+        ) from None
     if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value):
         value = float(value)  # PyYAML follows YAML 1.1, which reads 1e-3 as a string
     return key, value
@@ -615,11 +648,82 @@ def dump_spec(spec: ExperimentSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
 
 
+MAX_YAML_NODES = 100_000  # a whole TAO spec is a few hundred nodes
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents whose aliases expand past MAX_YAML_NODES.
+
+    PyYAML shares the node an alias points to, so a 257-byte "billion laughs" document loads
+    quickly, but every later walk (validation, deep copies, printing it in an error) expands
+    it. Counting the expanded size on the node graph, with each node's size computed once,
+    costs one pass over the distinct nodes.
+    """
+
+    def construct_document(self, node):
+        _check_expanded_size(node)
+        return super().construct_document(node)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if children_done:
+            on_path.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                break
+            continue
+        if id(node) in on_path:
+            raise ReidnetError("the YAML document refers to itself (a recursive alias)")
+        on_path.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                raise ReidnetError("the YAML document refers to itself (a recursive alias)")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    if max(sizes.values(), default=0) > MAX_YAML_NODES:
+        raise ReidnetError(
+            f"the YAML document expands to more than {MAX_YAML_NODES} values through its "
+            "aliases (*name): a spec is a few hundred; write the values out instead"
+        )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def safe_load_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing alias bombs and recursive aliases (ReidnetError)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ReidnetError(f"spec file {path} does not exist: check the path given to -e")
+    raw = path.read_bytes()
     try:
-        loaded = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ReidnetError(
+            f"{path}: not UTF-8 text (byte {shown(raw[error.start : error.start + 1])} at "
+            f"offset {error.start}): save the spec file as UTF-8"
+        ) from None
+    try:
+        loaded = safe_load_yaml(text)
+    except ReidnetError as error:
+        raise ReidnetError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise ReidnetError(f"{path}: not valid YAML: {error}") from None
     if loaded is None:
@@ -670,23 +774,93 @@ _TYPE_WORDS = {
 }
 
 
+def shown(value: Any, limit: int = 120) -> str:
+    """`repr(value)` cut to `limit` characters: error messages never echo a huge value whole."""
+    # reprlib bounds the depth and width of containers (a 500-deep spec would overflow repr)
+    text = repr(value) if isinstance(value, (str, bytes)) else _SHORT_REPR.repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters in all)"
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, 60, 60
+_RANGE_ERRORS = ("greater_than_equal", "less_than_equal", "greater_than", "less_than")
+
+
 def _explain(error: dict[str, Any]) -> str:
     loc = [str(part) for part in error["loc"] if not _is_union_tag(part)]
-    key = ".".join(loc) or "spec"
+    key = shown_key(".".join(loc) or "spec")
     kind = error["type"]
     got = error.get("input")
     if kind == "extra_forbidden":
         return _unknown_key_message(loc)
     if kind in _TYPE_WORDS:
-        return f"{key}: expected {_TYPE_WORDS[kind]}, got {got!r} ({type(got).__name__})"
+        return f"{key}: expected {_TYPE_WORDS[kind]}, got {shown(got)} ({type(got).__name__})"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
-        return f"{key}: {got!r} is not one of the allowed values {expected}"
+        return f"{key}: {shown(got)} is not one of the allowed values {expected}"
     if kind == "missing":
         return f"{key}: this key is required but missing"
     if kind == "value_error":
         return str(error.get("ctx", {}).get("error", error["msg"]))
-    return f"{key}: {error['msg']} (got {got!r})"
+    if kind in _RANGE_ERRORS:
+        return f"{key}: {_allowed_range(error)} (got {shown(got)})"
+    return f"{key}: {error['msg']} (got {shown(got)})"
+
+
+def shown_key(key: str, limit: int = 120) -> str:
+    """A (user-chosen) key name cut to `limit` characters."""
+    return key if len(key) <= limit else f"{key[:limit]}... ({len(key)} characters)"
+
+
+def _allowed_range(error: dict[str, Any]) -> str:
+    """'must be from 16 to 2048': both bounds of the field, whichever one was crossed."""
+    context = error.get("ctx", {})
+    bounds = _field_bounds([str(p) for p in error["loc"]])
+    low = bounds.get("ge", context.get("ge"))
+    high = bounds.get("le", context.get("le"))
+    if low is not None and high is not None:
+        return f"must be from {low} to {high}"
+    if "gt" in context or "gt" in bounds:
+        return f"must be greater than {context.get('gt', bounds.get('gt'))}"
+    if low is not None:
+        return f"must be at least {low}"
+    if "lt" in context:
+        return f"must be less than {context['lt']}"
+    return f"must be at most {high}"
+
+
+def _field_bounds(loc: list[str]) -> dict[str, Any]:
+    """The ge/le/gt/lt constraints of the field at `loc` (list items: the item's own)."""
+    model: type[BaseModel] = ExperimentSpec
+    field = None
+    for part in loc:
+        if part.isdigit():
+            break
+        if field is not None:
+            if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+                return {}
+            model = field.annotation
+        field = model.model_fields.get(part)
+        if field is None:
+            return {}
+    if field is None:
+        return {}
+    constraints = list(field.metadata)
+    if loc and loc[-1].isdigit():  # a list item: the bounds of the item type (list[Epoch])
+        item = typing.get_args(field.annotation)
+        constraints = [c for info in typing.get_args(item[0])[1:] for c in _metadata(info)]
+    found = {}
+    for constraint in constraints:
+        for name in ("ge", "le", "gt", "lt"):
+            if getattr(constraint, name, None) is not None:
+                found[name] = getattr(constraint, name)
+    return found
+
+
+def _metadata(info: Any) -> list[Any]:
+    return list(getattr(info, "metadata", [info]))
 
 
 def _is_union_tag(part: Any) -> bool:
@@ -700,13 +874,18 @@ def _unknown_key_message(loc: list[str]) -> str:
     section_path = [p for p in loc[:-1] if not p.isdigit()]
     section = ".".join(section_path) or "top level"
     valid = sorted(_fields_at(section_path))
-    suggestion = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    # difflib is quadratic in the name's length: a long name is no one's typo.
+    suggestion = difflib.get_close_matches(name, valid, n=1, cutoff=0.5) if len(name) < 100 else []
     if not suggestion:
         lowered = {v.lower(): v for v in valid}
-        suggestion = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
-        suggestion = [lowered[s] for s in suggestion]
+        if len(name) < 100:
+            suggestion = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
+            suggestion = [lowered[s] for s in suggestion]
     hint = f"; did you mean {suggestion[0]!r}?" if suggestion else ""
-    return f"unknown key {name!r} in section {section}{hint} (valid keys: {', '.join(valid)})"
+    return (
+        f"unknown key {shown(name)} in section {shown_key(section)}{hint} "
+        f"(valid keys: {', '.join(valid)})"
+    )
 
 
 def _fields_at(section_path: list[str]) -> list[str]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from live_server import TINY_TRAIN, upload, wait_for_dataset
+from reidnet.service.auth import hash_key
+from reidnet.service.db import Database
 
 
 def test_health_and_docs_need_no_key_everything_else_does(server):
@@ -21,7 +24,14 @@ def test_health_and_docs_need_no_key_everything_else_does(server):
 def test_users_create_stores_only_the_hash_of_the_key(server, alice):
     key = alice.headers["Authorization"].removeprefix("Bearer ")
     assert key.startswith("reid_") and len(key) > 40
-    assert key.encode() not in (server.data_dir / "reidnet.db").read_bytes()
+    database = Database(server.database_url)
+    with database.session() as session:
+        rows = [tuple(map(str, row)) for row in session.execute(text("SELECT * FROM users"))]
+    database.dispose()
+    assert any(hash_key(key) in row for row in rows)
+    assert not any(key in value for row in rows for value in row)
+    if server.database_url.startswith("sqlite"):
+        assert key.encode() not in (server.data_dir / "reidnet.db").read_bytes()
 
 
 def test_another_user_gets_404_never_the_data(alice, bob, dataset_id, experiment_id):

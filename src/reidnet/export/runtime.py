@@ -111,6 +111,12 @@ class OnnxReidModel:
             logger.warning(
                 "%s has %d outputs; using the first, %s", self.onnx_file, len(outputs), output.name
             )
+        if output.shape and len(output.shape) != 2:  # [] : rank unknown, checked per batch
+            raise ReidnetError(
+                f"{self.onnx_file} ({key}) must output embeddings [N, D]; its output "
+                f"{output.name} has shape {output.shape}: give a re-identification model's "
+                "ONNX (e.g. from `reidnet export`), not an image-to-image graph"
+            )
         self.output_name = output.name
         batch, _, height, width = shape
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
@@ -168,11 +174,29 @@ class OnnxReidModel:
             missing = step - len(chunk) if self.fixed_batch else 0
             if missing:  # a graph with a fixed batch size: pad the last chunk, drop the padding
                 chunk = np.concatenate([chunk, np.zeros((missing, *chunk.shape[1:]), chunk.dtype)])
-            (output,) = self.session.run([self.output_name], {self.input_name: chunk})
-            features.append(output.reshape(len(chunk), -1)[: len(chunk) - missing])
+            output = self._run_chunk(chunk)
+            features.append(output[: len(chunk) - missing])
         if not features:
             return np.zeros((0, self.feat_dim or 0), np.float32)
         return np.concatenate(features).astype(np.float32, copy=False)
+
+    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        try:
+            (output,) = self.session.run([self.output_name], {self.input_name: chunk})
+        except Exception as error:  # onnxruntime raises its own untyped Fail/RuntimeException
+            message = str(error).strip().splitlines()[0][:500] if str(error).strip() else ""
+            raise ReidnetError(
+                f"{self.onnx_file} failed in onnxruntime on a batch of shape "
+                f"{list(chunk.shape)} ({type(error).__name__}: {message}): the graph cannot run "
+                "on these images (a fixed shape inside it?); export it again with a dynamic "
+                "batch and this input size"
+            ) from None
+        if output.ndim != 2 or output.shape[0] != len(chunk):
+            raise ReidnetError(
+                f"{self.onnx_file} returned {self.output_name} of shape {list(output.shape)} for "
+                f"{len(chunk)} images: a re-identification model outputs embeddings [N, D]"
+            )
+        return output
 
 
 def extract_onnx_features(

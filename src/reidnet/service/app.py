@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from reidnet import __version__
+from reidnet.config import shown, shown_key
 from reidnet.errors import ReidnetError
 from reidnet.service import schemas
 from reidnet.service.datasets import DatasetProcessor
@@ -46,6 +47,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        for partial in settings.cache_dir.glob(".*"):  # archives a killed server left half built
+            partial.unlink(missing_ok=True)
         await run_in_threadpool(state.jobs.start)
         await run_in_threadpool(state.datasets.recover)
         try:
@@ -75,7 +78,50 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     _add_error_handlers(app)
     _add_body_limit(app)
+    _document_validation_errors(app)
     return app
+
+
+# What `invalid_request` answers with 422, in place of FastAPI's default schema (a list `detail`).
+_VALIDATION_PROBLEM = {
+    "title": "HTTPValidationError",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {
+        "detail": {"type": "string", "description": "Every problem, one 'where: what' each."},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {
+                        "type": "array",
+                        "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                    },
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def _document_validation_errors(app: FastAPI) -> None:
+    """Make /openapi.json describe the 422 body this service sends."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            components = schema.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in components:
+                components["HTTPValidationError"] = _VALIDATION_PROBLEM
+                components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -107,9 +153,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _describe(problem: dict) -> str:
     where = ".".join(str(part) for part in problem.get("loc", ()))
-    got = problem.get("input")
-    shown = "" if problem.get("type") == "missing" else f" (got {got!r:.80})"
-    return f"{where}: {problem.get('msg')}{shown}"
+    got = "" if problem.get("type") == "missing" else f" (got {shown(problem.get('input'), 80)})"
+    return f"{shown_key(where)}: {problem.get('msg')}{got}"
 
 
 def _jsonable(problems: list[dict]) -> list[dict]:
@@ -120,17 +165,49 @@ def _jsonable(problems: list[dict]) -> list[dict]:
 
 
 def _add_body_limit(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def limit_json_bodies(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if (
-            request.url.path != UPLOAD_PATH
-            and length is not None
-            and length.isdigit()
-            and int(length) > JSON_BODY_LIMIT
-        ):
-            return JSONResponse(
-                {"detail": f"request body over {JSON_BODY_LIMIT} bytes: specs are small JSON"},
-                status_code=413,
-            )
-        return await call_next(request)
+    app.add_middleware(JsonBodyLimit, limit=JSON_BODY_LIMIT, exempt_path=UPLOAD_PATH)
+
+
+class JsonBodyLimit:
+    """Refuse (413) any request body but the upload's over `limit` bytes, however it is sent.
+
+    A declared Content-Length over the limit is refused before reading; a chunked body is read
+    into memory up to the limit and refused as soon as it passes it, then handed on whole.
+    """
+
+    def __init__(self, app, limit: int, exempt_path: str):
+        self.app, self.limit, self.exempt_path = app, limit, exempt_path
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] == self.exempt_path:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        body, ending = bytearray(), None
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                ending = message
+                break
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        pending = [ending or {"type": "http.request", "body": bytes(body), "more_body": False}]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send) -> None:
+        answer = JSONResponse(
+            {"detail": f"request body over {self.limit} bytes: specs are small JSON"},
+            status_code=413,
+        )
+        await answer(scope, receive, send)

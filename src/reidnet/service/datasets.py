@@ -26,6 +26,13 @@ logger = logging.getLogger(__name__)
 _IGNORED_TOP_LEVEL = ("__MACOSX",)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def uploaded_archive(settings: ServiceSettings, dataset: Dataset) -> Path:
     return settings.uploads_dir / dataset.id
 
@@ -74,17 +81,43 @@ class DatasetProcessor:
         self._pool.submit(self._process_logged, dataset_id)
 
     def recover(self) -> None:
-        """Process again the uploads a previous server left half done."""
+        """After a restart: finish the datasets a previous server left processing, and remove
+        what it left half written (partial uploads, staging folders, orphaned folders).
+
+        A dataset killed while being extracted or validated still has its archive (it is
+        removed only once the dataset's outcome is stored) and is processed again; one an older
+        server left (it removed the archive after extracting) still has its extracted folder,
+        and is validated again.
+        """
+        settings = self.settings
+        resumed = []
         with self.database.session() as session:
             waiting = session.scalars(select(Dataset).where(Dataset.status == PROCESSING)).all()
+            known = set(session.scalars(select(Dataset.id)).all())
+            self._remove_leftovers(known, {dataset.id for dataset in waiting})
             for dataset in waiting:
-                if uploaded_archive(self.settings, dataset).is_file():
-                    self.submit(dataset.id)
+                archive = uploaded_archive(settings, dataset)
+                if archive.is_file() or (settings.datasets_dir / dataset.id).is_dir():
+                    resumed.append(dataset.id)
                 else:
                     dataset.status = INVALID
                     dataset.error = (
-                        "the server restarted before the upload was stored: upload it again"
+                        "the uploaded archive is gone (the server stopped before processing it "
+                        "and the file was removed): upload it again"
                     )
+        for dataset_id in resumed:
+            self.submit(dataset_id)
+
+    def _remove_leftovers(self, known: set[str], processing: set[str]) -> None:
+        settings = self.settings
+        for path in settings.uploads_dir.iterdir():
+            if path.name not in processing:  # an upload cut off by a crash: it has no row
+                logger.warning("removing %s, left by an interrupted upload", path)
+                _remove(path)
+        for path in settings.datasets_dir.iterdir():
+            if path.name.startswith(".staging-") or path.name not in known:
+                logger.warning("removing %s, left by an interrupted dataset", path)
+                _remove(path)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -94,21 +127,28 @@ class DatasetProcessor:
             self.process(dataset_id)
         except Exception:
             logger.exception("processing dataset %s failed", dataset_id)
+            shutil.rmtree(self.settings.datasets_dir / dataset_id, ignore_errors=True)
             self._finish(dataset_id, INVALID, error="internal error while processing the upload")
 
     def process(self, dataset_id: str) -> None:
-        settings = self.settings
-        archive = settings.uploads_dir / dataset_id
-        root = settings.datasets_dir / dataset_id
-        shutil.rmtree(root, ignore_errors=True)
-        limits = ArchiveLimits(settings.max_dataset_bytes, settings.max_dataset_files)
+        """Extract (while the archive is there) and validate; the archive goes last."""
+        archive = self.settings.uploads_dir / dataset_id
         try:
-            extract_archive(archive, root, limits)
-        except ArchiveRejected as error:
+            self._extract_and_validate(dataset_id, archive)
+        finally:
             archive.unlink(missing_ok=True)
-            self._finish(dataset_id, INVALID, error=f"archive rejected: {error}")
-            return
-        archive.unlink(missing_ok=True)
+
+    def _extract_and_validate(self, dataset_id: str, archive: Path) -> None:
+        settings = self.settings
+        root = settings.datasets_dir / dataset_id
+        if archive.is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            limits = ArchiveLimits(settings.max_dataset_bytes, settings.max_dataset_files)
+            try:
+                extract_archive(archive, root, limits)
+            except ArchiveRejected as error:
+                self._finish(dataset_id, INVALID, error=f"archive rejected: {error}")
+                return
         try:
             splits = locate_splits(root)
             if not splits:

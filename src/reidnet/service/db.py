@@ -150,11 +150,17 @@ class Database:
 
 
 def make_engine(url: str) -> Engine:
+    # Up to 50 connections: more than the 40 threads FastAPI runs endpoints in (anyio's default)
+    # plus the scheduler's and the dataset worker's, since sessions end with the endpoint
+    # function: a burst of requests waits for a thread, never 30 s for a connection.
+    pool = {"pool_size": 10, "max_overflow": 40}
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+            )
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, **pool)
     except Exception as error:  # bad URL or a driver that is not installed
         raise ReidnetError(
             f"cannot use database URL {url!r}: {error} (for PostgreSQL install a driver, e.g. "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request
@@ -28,9 +28,25 @@ def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def get_session(state: ServiceState = Depends(get_state)) -> Iterator[Session]:
-    with state.database.session() as session:
+async def get_session(state: ServiceState = Depends(get_state)) -> AsyncIterator[Session]:
+    """A session around the endpoint function (routes take it with `scope="function"`).
+
+    Its end runs on the event loop, not in a worker thread: were it a sync dependency, the
+    close would queue for a thread while the endpoints holding every thread wait for the
+    connections those closes would return (40 threads, QueuePool timeouts under load). The
+    endpoints commit their writes themselves; anything left pending is committed here.
+    Closing returns the connection at once, before the response is sent.
+    """
+    session = state.database.sessions()
+    try:
         yield session
+        if session.new or session.dirty or session.deleted:
+            session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `reidnet users create`.")
@@ -38,10 +54,17 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `reidnet use
 
 def current_caller(
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    session: Session = Depends(get_session),
+    state: ServiceState = Depends(get_state),
 ) -> Caller:
-    """The user whose API key the request carries, or 401."""
-    caller = caller_for_key(session, credentials.credentials) if credentials else None
+    """The user whose API key the request carries, or 401.
+
+    The key is looked up in a session of its own, closed before the endpoint runs: a request
+    that streams for minutes (a followed log) must not hold a pooled connection meanwhile.
+    """
+    caller = None
+    if credentials:
+        with state.database.session() as session:
+            caller = caller_for_key(session, credentials.credentials)
     if caller is None:
         raise HTTPException(
             401,

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from reidnet.service.specs import check_json_value
 
 Action = Literal["train", "evaluate", "inference", "export"]
 JobStatus = Literal["Pending", "Running", "Done", "Error", "Canceled"]
@@ -14,6 +16,13 @@ DatasetStatus = Literal["processing", "pull_complete", "invalid"]
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """Too deep or not Unicode: refused (400) before any recursive code sees it."""
+        check_json_value(data, "the request body")
+        return data
 
 
 class Health(BaseModel):

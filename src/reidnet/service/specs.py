@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reidnet.config import ExperimentSpec, default_spec_dict, validate_spec
+from reidnet.config import ExperimentSpec, default_spec_dict, shown, shown_key, validate_spec
 from reidnet.errors import ReidnetError
 
 # Leaf names, and name endings, of path-valued spec keys. Matching by name keeps keys that later
@@ -85,12 +85,66 @@ def default_specs() -> dict[str, Any]:
     return without_server_owned(default_spec_dict())
 
 
+MAX_JSON_DEPTH = 12  # a spec nests 4 deep (dataset.train_dataset_dir[0].path)
+
+
+def check_json_value(value: Any, where: str = "specs") -> None:
+    """Refuse JSON the service cannot store and send back: nesting deeper than MAX_JSON_DEPTH
+    (recursive code would overflow) and strings holding lone surrogates (JSON's "\\ud800":
+    not Unicode, so no UTF-8 response can carry them). Iterative, so any depth is safe."""
+    stack = [(value, where, 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ReidnetError(
+                f"{shown_key(where)} nests deeper than {MAX_JSON_DEPTH} levels (at "
+                f"{shown_key(path)}): a spec is sections of keys, 4 levels at most"
+            )
+        if isinstance(node, str):
+            _check_text(node, path)
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                _check_text(str(key), f"{path}.<key>")
+                stack.append((child, f"{path}.{key}", depth + 1))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(node))
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ReidnetError(
+            f"{shown_key(ascii(path))} holds a string that is not valid Unicode (a lone "
+            f"surrogate, {text[error.start]!a}, at character {error.start}): send text "
+            "as UTF-8 or as surrogate pairs"
+        ) from None
+
+
+def _check_sections(specs: dict[str, Any], defaults: dict[str, Any], prefix: str) -> None:
+    """Every key that is a section in the spec (model, train.optim, ...) must be a mapping."""
+    for key, value in specs.items():
+        default = defaults.get(key)
+        if not isinstance(default, dict):
+            continue
+        if not isinstance(value, dict):
+            raise ReidnetError(
+                f"specs.{prefix}{key} must be a section (a mapping of keys, e.g. "
+                f'{{"{key}": {{...}}}}), got {shown(value)}: give the keys to change, or leave '
+                f"{prefix}{key} out to keep its defaults"
+            )
+        _check_sections(value, default, f"{prefix}{key}.")
+
+
 def check_user_specs(specs: Any) -> dict[str, Any]:
-    """Refuse a non-mapping and any user value for a path-valued key."""
+    """Refuse a non-mapping, a section that is not a mapping, JSON the service cannot store
+    (too deep, lone surrogates), and any user value for a path-valued key."""
     if specs is None:
         return {}
     if not isinstance(specs, dict):
         raise ReidnetError(f"specs must be a mapping of spec sections, got {type(specs).__name__}")
+    check_json_value(specs)
+    _check_sections(specs, default_spec_dict(), "")
     owned = server_owned_keys(specs)
     if owned:
         raise ReidnetError(

@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from reidnet.config import shown
 from reidnet.errors import ReidnetError
 from reidnet.service.errors import ServiceError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 FIELD_LIMIT = 64 * 1024  # bytes of a non-file form field
+MAX_PARTS = 8  # the form has a `file` and a `name`: a few more are tolerated, not thousands
+HEADER_LIMIT = 16 * 1024  # bytes of one part's headers
 _COPY_CHUNK = 1024 * 1024
 
 
@@ -63,7 +66,8 @@ class ReceivedUpload:
 class MultipartUpload:
     """Feed the raw body with `write(chunk)`; the part named `file_field` goes to `target`.
 
-    Raises UploadRejected(413) as soon as the file part passes `max_bytes`.
+    Raises UploadRejected(413) as soon as the parts together (file and fields) pass
+    `max_bytes`, and 400 for more than MAX_PARTS parts or a part's headers over HEADER_LIMIT.
     """
 
     def __init__(self, content_type: str, target: Path, max_bytes: int, file_field: str = "file"):
@@ -87,6 +91,9 @@ class MultipartUpload:
         self._field: str | None = None
         self._field_value = bytearray()
         self._to_file = False
+        self._parts = 0
+        self._header_bytes = 0
+        self._total = 0  # every part's data, counted against max_bytes
         callbacks = {
             "on_part_begin": self._part_begin,
             "on_header_field": self._header_field,
@@ -117,11 +124,25 @@ class MultipartUpload:
 
     def _part_begin(self) -> None:
         self._headers, self._field, self._field_value, self._to_file = {}, None, bytearray(), False
+        self._parts += 1
+        self._header_bytes = 0
+        if self._parts > MAX_PARTS:
+            raise UploadRejected(
+                f"the form has more than {MAX_PARTS} parts: send a `file` part and an optional "
+                "`name` part"
+            )
+
+    def _count_header(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > HEADER_LIMIT:
+            raise UploadRejected(f"a form part's headers are longer than {HEADER_LIMIT} B")
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_name += data[start:end]
 
     def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_value += data[start:end]
 
     def _header_end(self) -> None:
@@ -143,10 +164,11 @@ class MultipartUpload:
             self._field = name
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
+        self._total += end - start
+        if self._total > self.max_bytes:
+            raise UploadRejected(_too_large(self.max_bytes), 413)
         if self._to_file:
             self.received.size += end - start
-            if self.received.size > self.max_bytes:
-                raise UploadRejected(_too_large(self.max_bytes), 413)
             self._stream.write(data[start:end])
         else:
             self._field_value += data[start:end]
@@ -199,6 +221,8 @@ class ArchiveLimits:
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+MAX_NAME_BYTES = 255  # NAME_MAX of Linux file systems
+MAX_PATH_BYTES = 1024  # an entry's whole path inside the dataset (PATH_MAX is 4096)
 
 
 def safe_parts(name: str) -> tuple[str, ...]:
@@ -210,12 +234,24 @@ def safe_parts(name: str) -> tuple[str, ...]:
     """
     normalised = name.replace("\\", "/")
     if normalised.startswith("/") or _DRIVE.match(normalised):
-        raise ArchiveRejected(f"entry {name!r} has an absolute path")
+        raise ArchiveRejected(f"entry {shown(name)} has an absolute path")
     parts = tuple(p for p in normalised.split("/") if p not in ("", "."))
     if ".." in parts:
-        raise ArchiveRejected(f"entry {name!r} has a '..' component")
+        raise ArchiveRejected(f"entry {shown(name)} has a '..' component")
     if any("\x00" in p for p in parts):
-        raise ArchiveRejected(f"entry {name!r} has a NUL character in its name")
+        raise ArchiveRejected(f"entry {shown(name)} has a NUL character in its name")
+    try:
+        encoded = [p.encode("utf-8") for p in parts]
+    except UnicodeEncodeError:  # tarfile keeps undecodable bytes as lone surrogates
+        raise ArchiveRejected(
+            f"entry {ascii(name)[:200]} has a name that is not UTF-8: rename the file (or make "
+            "the archive with a UTF-8 locale)"
+        ) from None
+    if any(len(p) > MAX_NAME_BYTES for p in encoded) or len(b"/".join(encoded)) > MAX_PATH_BYTES:
+        raise ArchiveRejected(
+            f"entry {shown(name)} has a name too long for the file system (at most "
+            f"{MAX_NAME_BYTES} bytes per folder or file name, {MAX_PATH_BYTES} in all)"
+        )
     return parts
 
 
@@ -232,7 +268,7 @@ class _Extraction:
         if self.files > self.limits.max_files:
             raise ArchiveRejected(
                 f"the archive holds more than {self.limits.max_files} entries (this server's "
-                f"limit, at {name!r}): split it into several datasets"
+                f"limit, at {shown(name)}): split it into several datasets"
             )
 
     def check_declared_size(self, name: str, size: int) -> None:
@@ -242,7 +278,7 @@ class _Extraction:
     def _size_message(self, name: str) -> str:
         return (
             f"the archive unpacks to more than {_human(self.limits.max_bytes)} (this server's "
-            f"limit, at {name!r}): split it into several datasets"
+            f"limit, at {shown(name)}): split it into several datasets"
         )
 
     def make_dir(self, parts: tuple[str, ...]) -> None:
@@ -255,19 +291,19 @@ class _Extraction:
             (target if include_self else target.parent).mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise ArchiveRejected(
-                f"entry {name!r} needs a folder where the archive already put a file"
+                f"entry {shown(name)} needs a folder where the archive already put a file"
             ) from None
 
     def write_file(self, parts: tuple[str, ...], source: IO[bytes], name: str) -> None:
         if not parts:
-            raise ArchiveRejected(f"entry {name!r} is a file without a name")
+            raise ArchiveRejected(f"entry {shown(name)} is a file without a name")
         target = self._inside(parts)
         self._make_parents(target, name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
             descriptor = os.open(target, flags, 0o644)
         except (FileExistsError, IsADirectoryError):
-            raise ArchiveRejected(f"entry {name!r} appears twice in the archive") from None
+            raise ArchiveRejected(f"entry {shown(name)} appears twice in the archive") from None
         with os.fdopen(descriptor, "wb") as stream:
             while chunk := source.read(_COPY_CHUNK):
                 self.bytes += len(chunk)  # counted as written: headers can lie about sizes
@@ -333,11 +369,12 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, extractio
     name = member.name
     extraction.count_entry(name)
     if member.issym():
-        raise ArchiveRejected(f"entry {name!r} is a symbolic link (to {member.linkname!r})")
+        target = shown(member.linkname)
+        raise ArchiveRejected(f"entry {shown(name)} is a symbolic link (to {target})")
     if member.islnk():
-        raise ArchiveRejected(f"entry {name!r} is a hard link (to {member.linkname!r})")
+        raise ArchiveRejected(f"entry {shown(name)} is a hard link (to {shown(member.linkname)})")
     if member.ischr() or member.isblk() or member.isfifo():
-        raise ArchiveRejected(f"entry {name!r} is a device file or FIFO")
+        raise ArchiveRejected(f"entry {shown(name)} is a device file or FIFO")
     parts = safe_parts(name)
     if member.isdir():
         extraction.make_dir(parts)
@@ -345,7 +382,7 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, extractio
         extraction.check_declared_size(name, member.size)
         extraction.write_file(parts, tar.extractfile(member), name)
     else:
-        raise ArchiveRejected(f"entry {name!r} has an unsupported type ({member.type!r})")
+        raise ArchiveRejected(f"entry {shown(name)} has an unsupported type ({member.type!r})")
 
 
 def _extract_zip(archive: Path, extraction: _Extraction) -> None:
@@ -353,8 +390,15 @@ def _extract_zip(archive: Path, extraction: _Extraction) -> None:
         with zipfile.ZipFile(archive) as bundle:
             for info in bundle.infolist():
                 _extract_zip_member(bundle, info, extraction)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, RuntimeError) as error:
-        # RuntimeError: an encrypted entry
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        zlib.error,
+        RuntimeError,
+        UnicodeDecodeError,
+    ) as error:
+        # RuntimeError: an encrypted entry; UnicodeDecodeError: a name flagged UTF-8 that is not
         raise ArchiveRejected(f"the zip archive cannot be read ({error})") from None
 
 
@@ -364,9 +408,9 @@ def _extract_zip_member(bundle: zipfile.ZipFile, info: zipfile.ZipInfo, extracti
     mode = info.external_attr >> 16
     kind = stat.S_IFMT(mode)
     if info.create_system == 3 and kind == stat.S_IFLNK:  # 3: made on Unix, mode bits are real
-        raise ArchiveRejected(f"entry {name!r} is a symbolic link")
+        raise ArchiveRejected(f"entry {shown(name)} is a symbolic link")
     if info.create_system == 3 and kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise ArchiveRejected(f"entry {name!r} is a device file or FIFO")
+        raise ArchiveRejected(f"entry {shown(name)} is a device file or FIFO")
     parts = safe_parts(name)
     if info.is_dir():
         extraction.make_dir(parts)

@@ -92,7 +92,8 @@ def _add_dataset(state: ServiceState, caller: Caller, dataset_id: str, name: str
 
 @router.get("", response_model=list[schemas.Dataset])
 def list_datasets(
-    caller: Caller = Depends(current_caller), session: Session = Depends(get_session)
+    caller: Caller = Depends(current_caller),
+    session: Session = Depends(get_session, scope="function"),
 ) -> list[Dataset]:
     """The caller's datasets, newest first."""
     return list(
@@ -106,7 +107,7 @@ def list_datasets(
 def get_dataset(
     dataset_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
 ) -> Dataset:
     """Status, split folders, the validator's findings and the statistics."""
     return owned_dataset(session, caller.id, dataset_id)
@@ -116,7 +117,7 @@ def get_dataset(
 def delete_dataset(
     dataset_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.Deleted:
     """Delete a dataset no experiment uses, with its files."""

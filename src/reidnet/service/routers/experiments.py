@@ -44,7 +44,7 @@ def _check_references(session: Session, caller: Caller, values: dict) -> None:
 def create_experiment(
     request: schemas.ExperimentCreate,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
 ) -> Experiment:
     values = request.model_dump()
     _check_references(session, caller, values)
@@ -56,7 +56,8 @@ def create_experiment(
 
 @router.get("", response_model=list[schemas.Experiment])
 def list_experiments(
-    caller: Caller = Depends(current_caller), session: Session = Depends(get_session)
+    caller: Caller = Depends(current_caller),
+    session: Session = Depends(get_session, scope="function"),
 ) -> list[Experiment]:
     return list(
         session.scalars(
@@ -71,7 +72,7 @@ def list_experiments(
 def get_experiment(
     experiment_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
 ) -> Experiment:
     return owned_experiment(session, caller.id, experiment_id)
 
@@ -81,7 +82,7 @@ def update_experiment(
     experiment_id: str,
     request: schemas.ExperimentUpdate,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
 ) -> Experiment:
     """Change the name, datasets or base; fields left out keep their value, null clears one."""
     experiment = owned_experiment(session, caller.id, experiment_id)
@@ -101,7 +102,7 @@ def update_experiment(
 def delete_experiment(
     experiment_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.Deleted:
     """Delete an experiment and all its jobs' files; refused while one of its jobs is active."""
@@ -116,6 +117,7 @@ def delete_experiment(
         )
     for job in jobs:
         session.delete(job)
+    session.flush()  # the jobs' rows go first: they reference the experiment (foreign key)
     session.delete(experiment)
     session.commit()
     for job in jobs:
@@ -128,7 +130,7 @@ def spec_schema(
     experiment_id: str,
     action: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
 ) -> schemas.SpecSchema:
     """Every spec key with its default and the JSON schema; path keys are the server's.
 

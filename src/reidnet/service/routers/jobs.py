@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import tarfile
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -19,8 +20,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.background import BackgroundTask
 
+from reidnet.config import shown
 from reidnet.service import schemas
 from reidnet.service.auth import Caller
 from reidnet.service.db import FINISHED_STATES, Job
@@ -68,7 +69,7 @@ def submit_job(
     experiment_id: str,
     request: schemas.JobCreate,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.JobCreated:
     """Queue a job. Specs are partial overrides, validated now (400 names the key).
@@ -87,7 +88,7 @@ def submit_job(
 def list_jobs(
     experiment_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> list[schemas.Job]:
     """The experiment's jobs in submission order."""
@@ -103,7 +104,7 @@ def cancel_job(
     experiment_id: str,
     job_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.Job:
     """Cancel a queued job, or stop a running one (a train job writes a checkpoint first)."""
@@ -117,7 +118,7 @@ def resume_job(
     job_id: str,
     request: schemas.JobResume | None = Body(None),
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.Job:
     """Queue a Canceled or Error job again; a train job continues from its latest checkpoint."""
@@ -131,7 +132,7 @@ def list_files(
     experiment_id: str,
     job_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> list[schemas.FileEntry]:
     """Every file in the job's folder, paths relative to it."""
@@ -167,21 +168,30 @@ def download(
     job_id: str,
     file: str | None = Query(None, description="A path from :list_files; else the folder."),
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> FileResponse:
-    """One file, or a tar.gz of the job's folder; both answer HTTP Range requests (resume)."""
+    """One file, or the job's folder: a tar.gz once the job has ended (built once; like a file
+    it answers HTTP Range requests, to resume), a tar streamed as it is read while it runs."""
     job = experiment_job(session, caller, experiment_id, job_id)
     folder = job_dir(state.settings, job.id)
     if file is not None:
         path = job_file(folder, file)
         return FileResponse(path, filename=path.name, media_type="application/octet-stream")
-    archive, temporary = job_archive(state.settings, job)
+    if not folder.is_dir():
+        raise ServiceError(f"job {job.id!r} has no files yet (it is {job.status})", 404)
+    if job.status not in FINISHED_STATES or job.finished_at is None:
+        # Still changing: a plain tar streamed from the files as they are now, so a request
+        # costs neither a temporary archive on disk nor compression time.
+        return StreamingResponse(
+            stream_folder_tar(folder, job.id),
+            media_type="application/x-tar",
+            headers={"Content-Disposition": f'attachment; filename="{job.action}-{job.id}.tar"'},
+        )
     return FileResponse(
-        archive,
+        job_archive(state.settings, job),
         filename=f"{job.action}-{job.id}.tar.gz",
         media_type="application/gzip",
-        background=BackgroundTask(archive.unlink, missing_ok=True) if temporary else None,
     )
 
 
@@ -189,32 +199,85 @@ def job_file(folder: Path, relative: str) -> Path:
     """A file inside the job folder, refusing any path that leads out of it."""
     parts = PurePosixPath(relative.replace("\\", "/")).parts
     if not relative or PurePosixPath(relative).is_absolute() or ".." in parts:
-        raise ServiceError(f"file {relative!r} must be a relative path inside the job folder")
+        raise ServiceError(f"file {shown(relative)} must be a relative path inside the job folder")
     path = folder.joinpath(*parts)
-    if not (path.is_file() and path.resolve().is_relative_to(folder.resolve())):
-        raise ServiceError(f"no file {relative!r} in this job (see :list_files)", 404)
+    try:
+        found = path.is_file() and path.resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        found = False
+    if not found:
+        raise ServiceError(f"no file {shown(relative)} in this job (see :list_files)", 404)
     return path
 
 
-def job_archive(settings: ServiceSettings, job: Job) -> tuple[Path, bool]:
-    """A tar.gz of the job's folder: cached once the job has ended, else made per request."""
+_ARCHIVE_LOCKS: dict[str, threading.Lock] = {}
+_ARCHIVE_LOCKS_GUARD = threading.Lock()
+
+
+def _archive_lock(job_id: str) -> threading.Lock:
+    with _ARCHIVE_LOCKS_GUARD:
+        return _ARCHIVE_LOCKS.setdefault(job_id, threading.Lock())
+
+
+def job_archive(settings: ServiceSettings, job: Job) -> Path:
+    """A tar.gz of an ended job's folder, built once and kept until the job runs again.
+
+    Concurrent requests wait for the one build (the load benchmark's 50 clients otherwise
+    built the same 120 MB archive two dozen times at once).
+    """
+    stamp = int(job.finished_at.timestamp() * 1000)
+    target = settings.cache_dir / f"{job.id}-{stamp}.tar.gz"
+    if target.is_file():
+        return target
+    with _archive_lock(job.id):
+        if not target.is_file():
+            _build_archive(settings, job, target)
+    return target
+
+
+def _build_archive(settings: ServiceSettings, job: Job, target: Path) -> None:
     folder = job_dir(settings, job.id)
-    if not folder.is_dir():
-        raise ServiceError(f"job {job.id!r} has no files yet (it is {job.status})", 404)
-    finished = job.status in FINISHED_STATES and job.finished_at is not None
-    stamp = int(job.finished_at.timestamp() * 1000) if finished else None
-    target = settings.cache_dir / f"{job.id}-{stamp if finished else uuid.uuid4().hex}.tar.gz"
-    if finished:
-        if target.is_file():
-            return target, False
-        for stale in settings.cache_dir.glob(f"{job.id}-*.tar.gz"):  # the job ran again since
-            stale.unlink(missing_ok=True)
+    for stale in settings.cache_dir.glob(f"{job.id}-*.tar.gz"):  # the job ran again since
+        stale.unlink(missing_ok=True)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-    with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
-        for path, _ in _job_files(folder):
-            tar.add(path, arcname=str(Path(job.id) / path.relative_to(folder)))
-    os.replace(partial, target)
-    return target, not finished
+    try:
+        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+            for path, _ in _job_files(folder):
+                tar.add(path, arcname=str(Path(job.id) / path.relative_to(folder)))
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+_TAR_BLOCK = 512
+_STREAM_CHUNK = 1024 * 1024
+
+
+def stream_folder_tar(folder: Path, prefix: str) -> Iterator[bytes]:
+    """A tar of `folder`'s files (under `prefix/`), produced piece by piece as it is sent.
+
+    Each file is read as large as it was when opened: a log that grows meanwhile is cut
+    there, one replaced meanwhile (atomic writes) is read whole from the old version.
+    """
+    for path, _ in _job_files(folder):
+        try:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below, across yields
+        except OSError:  # removed since it was listed
+            continue
+        with stream:
+            size = os.fstat(stream.fileno()).st_size
+            info = tarfile.TarInfo(str(PurePosixPath(prefix, *path.relative_to(folder).parts)))
+            info.size, info.mtime, info.mode = size, int(os.fstat(stream.fileno()).st_mtime), 0o644
+            yield info.tobuf(format=tarfile.PAX_FORMAT)
+            remaining = size
+            while remaining and (chunk := stream.read(min(_STREAM_CHUNK, remaining))):
+                remaining -= len(chunk)
+                yield chunk
+            if remaining:  # truncated while read: keep the archive well formed
+                yield bytes(remaining)
+        if size % _TAR_BLOCK:
+            yield bytes(_TAR_BLOCK - size % _TAR_BLOCK)
+    yield bytes(2 * _TAR_BLOCK)  # the end-of-archive marker
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
@@ -301,7 +364,7 @@ def get_job(
     experiment_id: str,
     job_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.Job:
     """Status, timestamps, progress (epoch, losses, images/s, ETA), result and error."""
@@ -313,7 +376,7 @@ def delete_job(
     experiment_id: str,
     job_id: str,
     caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session),
+    session: Session = Depends(get_session, scope="function"),
     state: ServiceState = Depends(get_state),
 ) -> schemas.Deleted:
     """Delete an ended job and its folder."""

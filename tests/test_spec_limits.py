@@ -1,0 +1,116 @@
+"""Spec values that once reached torch or the terminal unbounded: size-like integers, huge echoed
+values, YAML alias bombs and spec files that are not UTF-8 (red-team faults 9, 10 and 15)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from reidnet.config import MAX_YAML_NODES, load_spec, parse_override, shown
+from reidnet.errors import ReidnetError
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "allowed"),
+    [
+        ("model", "input_height", 10**6, "from 16 to 2048"),
+        ("model", "input_width", 10**6, "from 16 to 2048"),
+        ("model", "feat_dim", 10**9, "from 1 to 8192"),
+        ("model", "feat_dim", 0, "from 1 to 8192"),
+        ("dataset", "padding", 10**7, "from 0 to 2048"),
+        ("dataset", "batch_size", 10**9, "from 1 to 8192"),
+        ("train", "seed", 10**30, "from -1 to 4294967295"),
+        ("train", "num_epochs", 10**12, "from 1 to 100000"),
+        ("re_ranking", "num_query", 10**6, "from 1 to 100"),
+    ],
+)
+def test_size_like_integers_are_bounded_with_key_and_range(section, key, value, allowed):
+    with pytest.raises(ReidnetError) as caught:
+        load_spec(data={section: {key: value}})
+    assert f"{section}.{key}: must be {allowed} (got {value})" in str(caught.value)
+
+
+def test_list_items_are_bounded_too():
+    with pytest.raises(ReidnetError, match=r"train.optim.lr_steps.1: must be from 0 to 100000"):
+        load_spec(data={"train": {"optim": {"lr_steps": [40, 10**9]}}})
+
+
+def test_the_largest_allowed_values_still_load():
+    spec = load_spec(data={"train": {"seed": 2**32 - 1, "num_epochs": 100_000}})
+    assert (spec.train.seed, spec.train.num_epochs) == (2**32 - 1, 100_000)
+
+
+def test_shown_cuts_long_values_and_says_how_long_they_were():
+    assert shown("abc") == "'abc'"
+    text = shown("x" * 1000, limit=10)
+    assert text == "'xxxxxxxxx... (1002 characters in all)"
+
+
+def test_an_error_never_echoes_a_huge_value_whole():
+    with pytest.raises(ReidnetError) as caught:
+        load_spec(data={"model": {"backbone": "x" * 900_000}})
+    message = str(caught.value)
+    assert len(message) < 1000
+    assert "model.backbone" in message and "900002 characters" in message
+
+
+def test_an_unknown_huge_key_is_named_short():
+    with pytest.raises(ReidnetError) as caught:
+        load_spec(data={"model": {"k" * 500_000: 1}})
+    assert len(str(caught.value)) < 2000 and "unknown key" in str(caught.value)
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in range(1, levels):
+        refs = ",".join([f"*a{level - 1}"] * 9)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text(_alias_bomb(9))  # 9**9 = 387 million strings once expanded
+    start = time.perf_counter()
+    with pytest.raises(ReidnetError) as caught:
+        load_spec(spec)
+    assert time.perf_counter() - start < 10  # a guard against hanging, not a speed target
+    message = str(caught.value)
+    assert str(spec) in message and f"more than {MAX_YAML_NODES} values" in message
+    assert len(message) < 1000
+
+
+def test_a_recursive_alias_is_refused(tmp_path):
+    spec = tmp_path / "loop.yaml"
+    spec.write_text("model: &m\n  inner: *m\n")
+    with pytest.raises(ReidnetError, match="refers to itself"):
+        load_spec(spec)
+
+
+def test_an_override_alias_bomb_is_refused():
+    with pytest.raises(ReidnetError, match="values through its aliases"):
+        parse_override("model.x=" + _alias_bomb(9).replace("\n", ", ").join("{}"))
+
+
+def test_ordinary_anchors_still_work(tmp_path):
+    spec = tmp_path / "anchors.yaml"
+    spec.write_text("dataset:\n  pixel_mean: &m [0.5, 0.5, 0.5]\n  pixel_std: *m\n")
+    assert load_spec(spec).dataset.pixel_std == [0.5, 0.5, 0.5]
+
+
+def test_a_spec_file_that_is_not_utf8_is_a_clean_cli_error(tmp_path):
+    spec = tmp_path / "latin1.yaml"
+    spec.write_bytes("model:\n  backbone: résnet_50\n".encode("latin-1"))
+    done = subprocess.run(
+        [sys.executable, "-m", "reidnet", "spec", "check", "-e", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    message = " ".join(done.stderr.split())  # rich wraps long lines
+    assert "latin1.yaml: not UTF-8 text (byte b'\\xe9' at offset 20)" in message
