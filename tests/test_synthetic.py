@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reidnet.data.market import SYNTHETIC_MARKER
 from reidnet.data.synthetic import SubsetCounts, generate_synthetic_dataset
 from reidnet.errors import ReidnetError
 
@@ -37,6 +39,8 @@ def records(root: Path, subset: str) -> list[tuple[int, int, str]]:
     """(pid, camera, file name) of every file in one folder; fails on a non-Market name."""
     found = []
     for path in sorted((root / subset).iterdir()):
+        if path.name == SYNTHETIC_MARKER:
+            continue
         match = MARKET_NAME.match(path.name)
         assert match, f"{subset}/{path.name} is not a Market-1501 name"
         found.append((int(match.group(1)), int(match.group(2)), path.name))
@@ -73,6 +77,16 @@ def test_layout_is_three_market_folders_and_nothing_else(small):
     assert sorted(path.name for path in out_dir.iterdir()) == sorted(SUBSETS)
     for subset in SUBSETS:
         assert records(out_dir, subset), f"{subset} is empty"
+
+
+def test_every_folder_carries_the_synthetic_marker_with_its_arguments(small):
+    out_dir, _ = small
+    for subset in SUBSETS:
+        record = json.loads((out_dir / subset / SYNTHETIC_MARKER).read_text())
+        assert record["generator"] == "reidnet dataset synth"
+        assert record["arguments"]["seed"] == 0
+        assert record["arguments"]["identities"] == SMALL["identities"]
+        assert "workers" not in record["arguments"]  # output must not depend on it
 
 
 def test_train_and_test_identities_are_disjoint(small):

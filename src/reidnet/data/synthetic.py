@@ -12,6 +12,8 @@ number of workers.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from reidnet.data.market import SYNTHETIC_MARKER
 from reidnet.errors import ReidnetError
 
 logger = logging.getLogger(__name__)
@@ -171,9 +174,10 @@ def generate_synthetic_dataset(
     `if __name__ == "__main__":` then); the files are byte-identical whatever the count.
     `progress(done, total)` is called as images land.
 
-    Files are rendered into a hidden temporary folder inside `out_dir` and the three folders are
-    renamed into place at the end, so a crash while rendering never leaves a half-written dataset
-    under the Market folder names.
+    Each folder holds a `.reidnet-synthetic` marker (reidnet.data.market.SYNTHETIC_MARKER), so its
+    images count as synthetic wherever the folder is used. Files are rendered into a hidden
+    temporary folder inside `out_dir` and the three folders are renamed into place at the end, so
+    a crash while rendering never leaves a half-written dataset under the Market folder names.
     """
     if test_identities is None:
         test_identities = identities // 2
@@ -197,6 +201,7 @@ def generate_synthetic_dataset(
     try:
         for subset in SUBSETS:
             (staging / subset).mkdir()
+            _write_marker(staging / subset, request)
         _render_all(jobs, staging, request, progress)
         for subset in SUBSETS:
             target = out_dir / subset
@@ -208,6 +213,17 @@ def generate_synthetic_dataset(
     summary = _summarise(out_dir, jobs, request.distractors)
     logger.info("wrote %d synthetic images to %s", summary.images, out_dir)
     return summary
+
+
+def _write_marker(folder: Path, request: _Request) -> None:
+    """The file that makes `dataset stats` (and every count by source) call the folder synthetic.
+
+    It records the generator's arguments, not the time or the worker count, so that a seed still
+    gives byte-identical folders.
+    """
+    arguments = {k: v for k, v in dataclasses.asdict(request).items() if k != "workers"}
+    record = {"generator": "reidnet dataset synth", "arguments": arguments}
+    (folder / SYNTHETIC_MARKER).write_text(json.dumps(record, indent=2) + "\n")
 
 
 @dataclass(frozen=True)
