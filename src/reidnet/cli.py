@@ -316,6 +316,22 @@ def _print_metrics(metrics: dict, title: str) -> None:
     console.print(table)
 
 
+@app.command("plot")
+def plot_command(
+    results_dir: Annotated[
+        Path, typer.Argument(help="A training run's results_dir, or its train folder.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="PNG to write (default: training_curves.png beside metrics.jsonl)."),
+    ] = None,
+) -> None:
+    """Training curves (losses, learning rate, validation mAP and rank-1 per epoch) as a PNG."""
+    from reidnet.evaluation.plots import plot_training_curves
+
+    console.print(f"training curves: {plot_training_curves(results_dir, out)}", highlight=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # Datasets
 

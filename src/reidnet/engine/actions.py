@@ -167,7 +167,7 @@ def evaluate(spec: ExperimentSpec, device: str | torch.device | None = None) -> 
     }
     results_file = out_dir / "results.json"
     ckpt.atomic_write_text(results_file, json.dumps(results, indent=2))
-    plots = write_plots(score, query_records, gallery_records, spec, out_dir)
+    plots = write_plots(score, query_records, gallery_records, spec, out_dir, source)
     return EvaluationOutcome(score.metrics, results_file, plots)
 
 
@@ -177,14 +177,21 @@ def write_plots(
     gallery_records: list[ImageRecord],
     spec: ExperimentSpec,
     out_dir: Path,
+    source: FeatureSource | None = None,
 ) -> dict[str, Path]:
     from reidnet.evaluation.plots import plot_cmc, plot_sampled_matches
 
     config, ranking = spec.evaluate, spec.re_ranking
     cmc_path = Path(config.output_cmc_curve_plot or out_dir / "cmc_curve.png")
     matches_path = Path(config.output_sampled_matches_plot or out_dir / "sampled_matches.png")
-    title = "CMC" + (" (re-ranked)" if score.reranked else "")
-    plot_cmc(score.cmc, cmc_path, title=title)
+    plot_cmc(
+        score.cmc,
+        cmc_path,
+        title="CMC" + (" (re-ranked)" if score.reranked else ""),
+        model=_model_label(source),
+        dataset=_dataset_label(query_records),
+        mean_ap=score.metrics["mAP"],
+    )
     plot_sampled_matches(
         [str(r.path) for r in query_records],
         [str(r.path) for r in gallery_records],
@@ -199,6 +206,21 @@ def write_plots(
         same_camera_filter=config.same_camera_filter,
     )
     return {"cmc_curve": cmc_path, "sampled_matches": matches_path}
+
+
+def _model_label(source: FeatureSource | None) -> str | None:
+    """'resnet_18 (model_epoch_012.pth)' for a checkpoint, the file name for an ONNX model."""
+    if source is None or not source.model_file:
+        return None
+    name = Path(source.model_file).name
+    architecture = getattr(source, "architecture", None)
+    return f"{architecture['backbone']} ({name})" if architecture else name
+
+
+def _dataset_label(query_records: list[ImageRecord]) -> str:
+    """The dataset root's name (the folder above query/) for Market-1501 layouts."""
+    folder = Path(query_records[0].path).resolve().parent
+    return folder.parent.name or folder.name
 
 
 def inference_records(
