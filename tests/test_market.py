@@ -150,6 +150,15 @@ def test_a_marked_folder_counts_as_synthetic_whatever_its_tag(tmp_path):
     assert scan_folder(marked).non_images == []  # the marker is not reported as a stray file
 
 
+def test_a_folder_under_a_marked_dataset_root_counts_as_synthetic(tmp_path):
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / SYNTHETIC_MARKER).write_text("{}")
+    train = make_folder(tmp_path / "synth" / "bounding_box_train", ["0001_c1_a.jpg"])
+    real = make_folder(tmp_path / "real" / "bounding_box_train", ["0001_c1_a.jpg", "0002_c1_b.jpg"])
+    stats = dataset_stats([train, real])["train"]
+    assert stats["synthetic"].images == 1 and stats["real"].images == 2
+
+
 def test_dataset_stats_command_counts_synth_output_as_synthetic(tmp_path):
     import json
 

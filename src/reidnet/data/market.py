@@ -19,8 +19,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 MARKET_NAME = re.compile(r"([-\d]+)_c(\d+)")
 JUNK_PID = -1
 DISTRACTOR_PID = 0
-# Written by `reidnet dataset synth` into each folder it makes: such a folder counts as synthetic
-# in every statistic, tagged or not, wherever it is later copied with its files.
+# Written by `reidnet dataset synth` into the dataset root, beside bounding_box_train, ...: the
+# images of a folder that holds this file, or whose parent does, count as synthetic in every
+# statistic, tagged or not.
 SYNTHETIC_MARKER = ".reidnet-synthetic"
 
 # Sub-folder names of a dataset root: Market-1501's and TAO's sample data.
@@ -77,16 +78,17 @@ def is_image_file(path: Path) -> bool:
 
 
 def is_synthetic_folder(folder: str | Path) -> bool:
-    """Whether `reidnet dataset synth` made this folder (it holds the SYNTHETIC_MARKER file)."""
-    return (Path(folder) / SYNTHETIC_MARKER).is_file()
+    """Whether the folder, or the dataset root above it, holds the SYNTHETIC_MARKER file."""
+    folder = Path(folder)
+    return (folder / SYNTHETIC_MARKER).is_file() or (folder.parent / SYNTHETIC_MARKER).is_file()
 
 
 def scan_folder(folder: str | Path, source: str = "real") -> FolderScan:
     """Read a flat Market-1501 folder into records, sorted by file name.
 
     Junk (pid -1) is skipped, files whose name does not parse and non-image files are counted,
-    sub-folders are ignored. A folder holding SYNTHETIC_MARKER is synthetic whatever `source`
-    says; any other folder is what `source` (its spec tag, default real) says.
+    sub-folders are ignored. A folder marked synthetic (`is_synthetic_folder`) is synthetic
+    whatever `source` says; any other folder is what `source` (its spec tag, default real) says.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -251,7 +253,8 @@ def dataset_stats(
 ) -> dict[str, dict[str, SubsetCounts]]:
     """Per subset (train, query, test), counts in total and split into real and synthetic.
 
-    A folder's images are synthetic when it holds SYNTHETIC_MARKER or is tagged synthetic.
+    A folder's images are synthetic when it (or its parent) holds SYNTHETIC_MARKER or when it is
+    tagged synthetic.
     """
     stats: dict[str, dict[str, SubsetCounts]] = {}
     if train_folders:

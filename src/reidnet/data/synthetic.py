@@ -174,8 +174,9 @@ def generate_synthetic_dataset(
     `if __name__ == "__main__":` then); the files are byte-identical whatever the count.
     `progress(done, total)` is called as images land.
 
-    Each folder holds a `.reidnet-synthetic` marker (reidnet.data.market.SYNTHETIC_MARKER), so its
-    images count as synthetic wherever the folder is used. Files are rendered into a hidden
+    `out_dir` gets a `.reidnet-synthetic` marker (reidnet.data.market.SYNTHETIC_MARKER) beside the
+    three folders, so their images count as synthetic; the folders hold images only (code that
+    opens every file of a folder keeps working). Files are rendered into a hidden
     temporary folder inside `out_dir` and the three folders are renamed into place at the end, so
     a crash while rendering never leaves a half-written dataset under the Market folder names.
     """
@@ -201,13 +202,13 @@ def generate_synthetic_dataset(
     try:
         for subset in SUBSETS:
             (staging / subset).mkdir()
-            _write_marker(staging / subset, request)
         _render_all(jobs, staging, request, progress)
         for subset in SUBSETS:
             target = out_dir / subset
             if target.is_dir():
                 target.rmdir()  # known empty: _check_out_dir refused anything else
             (staging / subset).rename(target)
+        _write_marker(out_dir, request)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     summary = _summarise(out_dir, jobs, request.distractors)
@@ -215,15 +216,15 @@ def generate_synthetic_dataset(
     return summary
 
 
-def _write_marker(folder: Path, request: _Request) -> None:
-    """The file that makes `dataset stats` (and every count by source) call the folder synthetic.
+def _write_marker(out_dir: Path, request: _Request) -> None:
+    """The file that makes `dataset stats` (and every count by source) call the folders synthetic.
 
     It records the generator's arguments, not the time or the worker count, so that a seed still
     gives byte-identical folders.
     """
     arguments = {k: v for k, v in dataclasses.asdict(request).items() if k != "workers"}
     record = {"generator": "reidnet dataset synth", "arguments": arguments}
-    (folder / SYNTHETIC_MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    (out_dir / SYNTHETIC_MARKER).write_text(json.dumps(record, indent=2) + "\n")
 
 
 @dataclass(frozen=True)
