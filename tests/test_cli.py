@@ -113,3 +113,52 @@ def test_output_to_a_file_is_one_plain_line_per_record(tmp_path):
     for line in records:
         assert iso.match(line), line
     assert "\x1b[" not in "".join(printed + records)
+
+
+def _help_at_80_columns(*command: str) -> str:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_same_camera_filter_is_a_pair_of_positive_flags_shown_whole_at_80_columns():
+    text = _help_at_80_columns("dataset", "validate")
+    assert "--cross-camera" in text and "--same-camera " in text
+    assert "--no-" not in text  # no negated (or doubly negated) spelling
+
+
+def test_flags_show_no_value_type_and_take_no_value():
+    for command in (["export"], ["convert"], ["dataset", "validate"], []):
+        text = _help_at_80_columns(*command)
+        assert "<bool>" not in text, command
+        assert "--help" in text
+
+
+@pytest.mark.parametrize(
+    ("command", "example"),
+    [
+        (["train"], "train.num_epochs=5"),
+        (["evaluate"], "evaluate.checkpoint="),
+        (["inference"], "inference.checkpoint="),
+        (["export"], "export.checkpoint="),
+    ],
+)
+def test_overrides_example_belongs_to_the_command(command, example):
+    text = _help_at_80_columns(*command)
+    assert example in text
+    if command != ["train"]:
+        assert "train.num_epochs" not in text
+
+
+def test_verbose_after_the_subcommand_enables_debug_but_not_for_third_party_loggers():
+    import logging
+
+    result = runner.invoke(app, ["spec", "check", "-e", str(TAO_SPEC), "-v", "train.seed=3"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["train"]["seed"] == 3  # -v not taken as an override
+    assert logging.getLogger("reidnet.config").isEnabledFor(logging.DEBUG)
+    for name in ("matplotlib.font_manager", "PIL.PngImagePlugin"):
+        assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
+    result = runner.invoke(app, ["spec", "check", "-e", str(TAO_SPEC)])
+    assert not logging.getLogger("reidnet.config").isEnabledFor(logging.DEBUG)

@@ -7,6 +7,7 @@ import pytest
 from imagefiles import make_folder
 from reidnet.config import TrainFolder
 from reidnet.data.market import (
+    SYNTHETIC_MARKER,
     build_train_set,
     dataset_stats,
     find_split_folders,
@@ -134,6 +135,68 @@ def test_stats_count_identities_images_cameras_by_source(tmp_path):
     assert train["synthetic"].as_dict() == {"identities": 2, "images": 2, "cameras": 2}
     assert stats["test"]["total"].as_dict() == {"identities": 2, "images": 3, "cameras": 3}
     assert stats["query"]["total"].as_dict() == {"identities": 1, "images": 1, "cameras": 1}
+
+
+def test_a_marked_folder_counts_as_synthetic_whatever_its_tag(tmp_path):
+    marked = make_folder(tmp_path / "marked", ["0001_c1_a.jpg", "0002_c2_b.jpg"])
+    (marked / SYNTHETIC_MARKER).write_text("{}")
+    plain = make_folder(tmp_path / "plain", ["0001_c1_a.jpg"])
+    stats = dataset_stats([TrainFolder(path=str(marked), source="real"), plain], marked, marked)
+    train = stats["train"]
+    assert train["synthetic"].as_dict() == {"identities": 2, "images": 2, "cameras": 2}
+    assert train["real"].as_dict() == {"identities": 1, "images": 1, "cameras": 1}
+    assert stats["query"]["real"].images == 0 and stats["query"]["synthetic"].images == 2
+    assert stats["test"]["synthetic"].images == 2
+    assert scan_folder(marked).non_images == []  # the marker is not reported as a stray file
+
+
+def test_a_folder_under_a_marked_dataset_root_counts_as_synthetic(tmp_path):
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / SYNTHETIC_MARKER).write_text("{}")
+    train = make_folder(tmp_path / "synth" / "bounding_box_train", ["0001_c1_a.jpg"])
+    real = make_folder(tmp_path / "real" / "bounding_box_train", ["0001_c1_a.jpg", "0002_c1_b.jpg"])
+    stats = dataset_stats([train, real])["train"]
+    assert stats["synthetic"].images == 1 and stats["real"].images == 2
+
+
+def test_dataset_stats_command_counts_synth_output_as_synthetic(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from reidnet.cli import app
+
+    runner = CliRunner()
+    made = runner.invoke(
+        app,
+        [
+            "dataset",
+            "synth",
+            str(tmp_path),
+            "--identities",
+            "4",
+            "--test-identities",
+            "2",
+            "--cameras",
+            "2",
+            "--images-per-identity",
+            "3",
+            "--size",
+            "64x32",
+            "--workers",
+            "1",
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["dataset", "stats", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    # 2 train identities x 3 images, all synthetic, none real
+    assert stats["train"]["synthetic"] == {"identities": 2, "images": 6, "cameras": 2}
+    assert stats["train"]["real"]["images"] == 0
+    for subset in ("query", "test"):
+        assert stats[subset]["real"]["images"] == 0
+        assert stats[subset]["synthetic"]["images"] == stats[subset]["total"]["images"] > 0
 
 
 def test_stats_on_shared_cuhk03(cuhk03: Path):

@@ -552,7 +552,7 @@ def test_cli_json_report_and_single_camera_hint(tmp_path):
     assert payload["report"]["unreadable_frames"] == 1
     assert payload["report"]["query_split"] == "time"
     assert payload["stats"]["query"]["total"]["images"] == 1
-    validated = runner.invoke(app, ["dataset", "validate", str(out), "--no-same-camera-filter"])
+    validated = runner.invoke(app, ["dataset", "validate", str(out), "--same-camera"])
     assert validated.exit_code == 0, validated.output
 
 

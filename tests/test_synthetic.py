@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reidnet.data.market import SYNTHETIC_MARKER
 from reidnet.data.synthetic import SubsetCounts, generate_synthetic_dataset
 from reidnet.errors import ReidnetError
 
@@ -70,9 +72,18 @@ def test_different_seed_gives_different_files(small, tmp_path):
 
 def test_layout_is_three_market_folders_and_nothing_else(small):
     out_dir, _ = small
-    assert sorted(path.name for path in out_dir.iterdir()) == sorted(SUBSETS)
+    assert sorted(path.name for path in out_dir.iterdir()) == sorted([*SUBSETS, SYNTHETIC_MARKER])
     for subset in SUBSETS:
         assert records(out_dir, subset), f"{subset} is empty"
+
+
+def test_the_dataset_root_carries_the_synthetic_marker_with_its_arguments(small):
+    out_dir, _ = small
+    record = json.loads((out_dir / SYNTHETIC_MARKER).read_text())
+    assert record["generator"] == "reidnet dataset synth"
+    assert record["arguments"]["seed"] == 0
+    assert record["arguments"]["identities"] == SMALL["identities"]
+    assert "workers" not in record["arguments"]  # output must not depend on it
 
 
 def test_train_and_test_identities_are_disjoint(small):

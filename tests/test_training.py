@@ -200,7 +200,17 @@ def test_inference_on_any_folder_of_crops(synthetic, tmp_path):
     assert outcome.count == 3
 
 
-def test_evaluate_writes_results_and_plots(synthetic, tmp_path):
+def test_evaluate_writes_results_and_plots(synthetic, tmp_path, monkeypatch):
+    from reidnet.evaluation import plots
+
+    titles = []
+    real_plot_cmc = plots.plot_cmc
+
+    def recording_plot_cmc(cmc, path, title=None, **described):
+        titles.append(plots.cmc_title(title, cmc[0], **described))
+        return real_plot_cmc(cmc, path, title, **described)
+
+    monkeypatch.setattr(plots, "plot_cmc", recording_plot_cmc)
     result = train(tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=1"))
     spec = tiny_spec(
         synthetic,
@@ -216,6 +226,12 @@ def test_evaluate_writes_results_and_plots(synthetic, tmp_path):
     assert 0.0 <= saved["mAP"] <= 1.0 and len(saved["cmc"]) == 50
     for path in outcome.plots.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (title,) = titles
+    backbone = spec.model.backbone
+    assert (
+        f"CMC (re-ranked): {backbone} ({result.last_checkpoint.name}) on {synthetic.name}" in title
+    )
+    assert f"mAP {100 * saved['mAP']:.1f}%, rank-1 {100 * saved['rank-1']:.1f}%" in title
     # which model, input size, epoch and checkpoint it scored, and when
     assert saved["model"]["backbone"] == "resnet_18" and saved["model"]["feat_dim"] == 64
     assert (saved["input_size"], saved["epoch"]) == ([32, 16], 1)

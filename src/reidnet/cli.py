@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from reidnet.errors import ReidnetError
 
@@ -32,7 +33,54 @@ def _console(stderr: bool = False) -> Console:
 console = _console()
 error_console = _console(stderr=True)
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+# Libraries that log at DEBUG/INFO on import or per image (matplotlib's font search, PIL's PNG
+# chunks): they stay at WARNING so that -v shows reidnet's own debug lines.
+THIRD_PARTY_LOGGERS = (
+    "matplotlib",
+    "PIL",
+    "fsspec",
+    "urllib3",
+    "httpx",
+    "httpcore",
+    "asyncio",
+    "multipart",
+    "python_multipart",
+    "onnx",
+    "onnxscript",
+    "onnx_ir",
+    "torch",
+)
+
+
+class _ReidnetGroup(TyperGroup):
+    """The root command: flags shown without a value type, -v accepted after the subcommand."""
+
+    def __init__(self, **attrs) -> None:
+        super().__init__(**attrs)
+        _drop_flag_metavars(self)
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        # `reidnet evaluate -v -e spec.yaml` means `reidnet -v evaluate -e spec.yaml`; tokens
+        # after `--` are left alone.
+        end = args.index("--") if "--" in args else len(args)
+        verbose = [arg for arg in args[:end] if arg in VERBOSE_FLAGS]
+        rest = [arg for arg in args[:end] if arg not in VERBOSE_FLAGS] + args[end:]
+        return super().parse_args(ctx, verbose[:1] + rest)
+
+
+def _drop_flag_metavars(command) -> None:
+    """Flags take no value, so their help shows no `<bool>` (typer prints one by default)."""
+    help_option = command.get_help_option(typer.Context(command))
+    for param in [*command.params, help_option]:
+        if param is not None and getattr(param, "is_flag", False) and not param.count:
+            param.metavar = ""
+    for subcommand in getattr(command, "commands", {}).values():
+        _drop_flag_metavars(subcommand)
+
+
 app = typer.Typer(
+    cls=_ReidnetGroup,
     name="reidnet",
     help="Person and object re-identification: data, training, evaluation, export.",
     no_args_is_help=True,
@@ -51,22 +99,45 @@ app.add_typer(users_app, name="users")
 SpecOption = Annotated[
     Path, typer.Option("--experiment-spec", "-e", help="Experiment spec YAML (TAO format).")
 ]
-Overrides = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="Spec overrides key.sub=value, e.g. train.num_epochs=5", show_default=False
-    ),
-]
+
+
+def _overrides(example: str):
+    """The trailing key.sub=value arguments, with an example that fits the command."""
+    return Annotated[
+        list[str] | None,
+        typer.Argument(help=f"Spec overrides key.sub=value, e.g. {example}", show_default=False),
+    ]
+
+
+Overrides = _overrides("train.num_epochs=5")
+EvaluateOverrides = _overrides("evaluate.checkpoint=model.pth")
+InferenceOverrides = _overrides("inference.checkpoint=model.pth")
+ExportOverrides = _overrides("export.checkpoint=model.pth")
+ConvertOverrides = _overrides("model.neck_feat=before")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 @app.callback()
 def _configure(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Debug logging from reidnet (other libraries stay at WARNING); also accepted "
+            "after the command.",
+        ),
+    ] = False,
 ) -> None:
     from reidnet.logs import configure_logging
 
     configure_logging(verbose)
+    _quiet_third_party_loggers()
+
+
+def _quiet_third_party_loggers() -> None:
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +218,7 @@ ForceFlag = Annotated[
 
 @app.command("evaluate")
 def evaluate_command(
-    spec: SpecOption, overrides: Overrides = None, force: ForceFlag = False
+    spec: SpecOption, overrides: EvaluateOverrides = None, force: ForceFlag = False
 ) -> None:
     """mAP, rank-1/5/10, mINP of evaluate.checkpoint or .onnx_file on query/gallery, plus plots."""
     from reidnet.config import load_spec
@@ -163,7 +234,7 @@ def evaluate_command(
 @app.command("inference")
 def inference_command(
     spec: SpecOption,
-    overrides: Overrides = None,
+    overrides: InferenceOverrides = None,
     input_dir: Annotated[
         Path | None, typer.Option("--input", help="Embed every image of this folder instead.")
     ] = None,
@@ -182,7 +253,7 @@ def inference_command(
 @app.command("export")
 def export_command(
     spec: SpecOption,
-    overrides: Overrides = None,
+    overrides: ExportOverrides = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing ONNX file and deployment files.")
     ] = False,
@@ -213,7 +284,7 @@ def convert_command(
             "and normalisation of a .pth); TAO's defaults without one.",
         ),
     ] = None,
-    overrides: Overrides = None,
+    overrides: ConvertOverrides = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing target.")] = False,
 ) -> None:
     """A reidnet checkpoint from a TAO checkpoint or ONNX model: evaluate, fine-tune, export it."""
@@ -263,6 +334,22 @@ def _print_metrics(metrics: dict, title: str) -> None:
         str(metrics["num_skipped_queries"]),
     )
     console.print(table)
+
+
+@app.command("plot")
+def plot_command(
+    results_dir: Annotated[
+        Path, typer.Argument(help="A training run's results_dir, or its train folder.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="PNG to write (default: training_curves.png beside metrics.jsonl)."),
+    ] = None,
+) -> None:
+    """Training curves (losses, learning rate, validation mAP and rank-1 per epoch) as a PNG."""
+    from reidnet.evaluation.plots import plot_training_curves
+
+    console.print(f"training curves: {plot_training_curves(results_dir, out)}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,9 +417,14 @@ def dataset_validate(
     spec: OptionalSpec = None,
     num_instances: Annotated[int, typer.Option(help="Images per identity in a batch.")] = 4,
     batch_size: Annotated[int | None, typer.Option(help="Check one P×K batch fits.")] = None,
-    no_same_camera_filter: Annotated[
-        bool, typer.Option(help="Single-camera data: keep same-camera matches.")
-    ] = False,
+    same_camera_filter: Annotated[
+        bool,
+        typer.Option(
+            "--cross-camera/--same-camera",
+            help="Count only matches from other cameras (Market-1501), or same-camera ones too "
+            "(single-camera data); spec key evaluate.same_camera_filter.",
+        ),
+    ] = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Decode every image and report problems; exit 1 when training or evaluation cannot run."""
@@ -342,7 +434,7 @@ def dataset_validate(
     if not train_entries and test is None and query is None:
         raise ReidnetError("nothing to validate: pass a dataset root, --train/--test/--query or -e")
     report = validate_dataset(
-        train_entries, test, query, num_instances, batch_size, not no_same_camera_filter
+        train_entries, test, query, num_instances, batch_size, same_camera_filter
     )
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -616,7 +708,7 @@ def _print_conversion_report(report) -> None:
     if report.evaluate_overrides:
         console.print(
             "evaluate with: " + " ".join(report.evaluate_overrides) + f" (recorded in "
-            f"{Path(report.out) / 'from_mot.json'}); validate with --no-same-camera-filter",
+            f"{Path(report.out) / 'from_mot.json'}); validate with --same-camera",
             highlight=False,
             soft_wrap=True,
         )

@@ -19,6 +19,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 MARKET_NAME = re.compile(r"([-\d]+)_c(\d+)")
 JUNK_PID = -1
 DISTRACTOR_PID = 0
+# Written by `reidnet dataset synth` into the dataset root, beside bounding_box_train, ...: the
+# images of a folder that holds this file, or whose parent does, count as synthetic in every
+# statistic, tagged or not.
+SYNTHETIC_MARKER = ".reidnet-synthetic"
 
 # Sub-folder names of a dataset root: Market-1501's and TAO's sample data.
 SPLIT_FOLDER_NAMES = {
@@ -73,11 +77,18 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def is_synthetic_folder(folder: str | Path) -> bool:
+    """Whether the folder, or the dataset root above it, holds the SYNTHETIC_MARKER file."""
+    folder = Path(folder)
+    return (folder / SYNTHETIC_MARKER).is_file() or (folder.parent / SYNTHETIC_MARKER).is_file()
+
+
 def scan_folder(folder: str | Path, source: str = "real") -> FolderScan:
     """Read a flat Market-1501 folder into records, sorted by file name.
 
     Junk (pid -1) is skipped, files whose name does not parse and non-image files are counted,
-    sub-folders are ignored.
+    sub-folders are ignored. A folder marked synthetic (`is_synthetic_folder`) is synthetic
+    whatever `source` says; any other folder is what `source` (its spec tag, default real) says.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -85,8 +96,11 @@ def scan_folder(folder: str | Path, source: str = "real") -> FolderScan:
             f"dataset folder {folder} does not exist or is not a folder: check the path "
             "(dataset.train_dataset_dir / test_dataset_dir / query_dataset_dir)"
         )
+    if is_synthetic_folder(folder):
+        source = "synthetic"
     scan = FolderScan(folder=folder)
-    for path in sorted(p for p in folder.iterdir() if not p.is_dir()):
+    files = (p for p in folder.iterdir() if not p.is_dir() and p.name != SYNTHETIC_MARKER)
+    for path in sorted(files):
         if not is_image_file(path):
             scan.non_images.append(path)
             continue
@@ -237,7 +251,11 @@ def dataset_stats(
     test_source: str = "real",
     query_source: str = "real",
 ) -> dict[str, dict[str, SubsetCounts]]:
-    """Per subset (train, query, test), counts in total and split into real and synthetic."""
+    """Per subset (train, query, test), counts in total and split into real and synthetic.
+
+    A folder's images are synthetic when it (or its parent) holds SYNTHETIC_MARKER or when it is
+    tagged synthetic.
+    """
     stats: dict[str, dict[str, SubsetCounts]] = {}
     if train_folders:
         train = build_train_set(train_folders)

@@ -12,6 +12,8 @@ number of workers.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from reidnet.data.market import SYNTHETIC_MARKER
 from reidnet.errors import ReidnetError
 
 logger = logging.getLogger(__name__)
@@ -171,9 +174,11 @@ def generate_synthetic_dataset(
     `if __name__ == "__main__":` then); the files are byte-identical whatever the count.
     `progress(done, total)` is called as images land.
 
-    Files are rendered into a hidden temporary folder inside `out_dir` and the three folders are
-    renamed into place at the end, so a crash while rendering never leaves a half-written dataset
-    under the Market folder names.
+    `out_dir` gets a `.reidnet-synthetic` marker (reidnet.data.market.SYNTHETIC_MARKER) beside the
+    three folders, so their images count as synthetic; the folders hold images only (code that
+    opens every file of a folder keeps working). Files are rendered into a hidden
+    temporary folder inside `out_dir` and the three folders are renamed into place at the end, so
+    a crash while rendering never leaves a half-written dataset under the Market folder names.
     """
     if test_identities is None:
         test_identities = identities // 2
@@ -203,11 +208,23 @@ def generate_synthetic_dataset(
             if target.is_dir():
                 target.rmdir()  # known empty: _check_out_dir refused anything else
             (staging / subset).rename(target)
+        _write_marker(out_dir, request)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     summary = _summarise(out_dir, jobs, request.distractors)
     logger.debug("wrote %d synthetic images to %s", summary.images, out_dir)
     return summary
+
+
+def _write_marker(out_dir: Path, request: _Request) -> None:
+    """The file that makes `dataset stats` (and every count by source) call the folders synthetic.
+
+    It records the generator's arguments, not the time or the worker count, so that a seed still
+    gives byte-identical folders.
+    """
+    arguments = {k: v for k, v in dataclasses.asdict(request).items() if k != "workers"}
+    record = {"generator": "reidnet dataset synth", "arguments": arguments}
+    (out_dir / SYNTHETIC_MARKER).write_text(json.dumps(record, indent=2) + "\n")
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ def evaluate(
         }
         results_file = out_dir / "results.json"
         ckpt.atomic_write_text(results_file, json.dumps(results, indent=2))
-        plots = write_plots(score, query_records, gallery_records, spec, out_dir)
+        plots = write_plots(score, query_records, gallery_records, spec, out_dir, source)
         logger.info(
             "mAP %.4f rank-1 %.4f of %s: %s",
             score.metrics["mAP"],
@@ -230,13 +230,20 @@ def write_plots(
     gallery_records: list[ImageRecord],
     spec: ExperimentSpec,
     out_dir: Path,
+    source: FeatureSource | None = None,
 ) -> dict[str, Path]:
     from reidnet.evaluation.plots import plot_cmc, plot_sampled_matches
 
     config, ranking = spec.evaluate, spec.re_ranking
     cmc_path, matches_path = plot_paths(spec, out_dir)
-    title = "CMC" + (" (re-ranked)" if score.reranked else "")
-    plot_cmc(score.cmc, cmc_path, title=title)
+    plot_cmc(
+        score.cmc,
+        cmc_path,
+        title="CMC" + (" (re-ranked)" if score.reranked else ""),
+        model=_model_label(source),
+        dataset=_dataset_label(query_records),
+        mean_ap=score.metrics["mAP"],
+    )
     plot_sampled_matches(
         [str(r.path) for r in query_records],
         [str(r.path) for r in gallery_records],
@@ -260,6 +267,21 @@ def plot_paths(spec: ExperimentSpec, out_dir: Path) -> tuple[Path, Path]:
         Path(config.output_cmc_curve_plot or out_dir / "cmc_curve.png"),
         Path(config.output_sampled_matches_plot or out_dir / "sampled_matches.png"),
     )
+
+
+def _model_label(source: FeatureSource | None) -> str | None:
+    """'resnet_18 (model_epoch_012.pth)' for a checkpoint, the file name for an ONNX model."""
+    if source is None or not source.model_file:
+        return None
+    name = Path(source.model_file).name
+    architecture = getattr(source, "architecture", None)
+    return f"{architecture['backbone']} ({name})" if architecture else name
+
+
+def _dataset_label(query_records: list[ImageRecord]) -> str:
+    """The dataset root's name (the folder above query/) for Market-1501 layouts."""
+    folder = Path(query_records[0].path).resolve().parent
+    return folder.parent.name or folder.name
 
 
 def inference_records(

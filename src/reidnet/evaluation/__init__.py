@@ -5,7 +5,7 @@ called.
 """
 
 from reidnet.evaluation.distance import pairwise_distance
-from reidnet.evaluation.plots import plot_cmc, plot_sampled_matches
+from reidnet.evaluation.plots import plot_cmc, plot_sampled_matches, plot_training_curves
 from reidnet.evaluation.rank import RankResult, rank_metrics
 from reidnet.evaluation.rerank import (
     estimate_rerank_memory_gb,
@@ -21,5 +21,6 @@ __all__ = [
     "pairwise_distance",
     "plot_cmc",
     "plot_sampled_matches",
+    "plot_training_curves",
     "rank_metrics",
 ]

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from reidnet import __version__
 from reidnet.config import shown, shown_key
@@ -65,6 +65,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         "re-identification models. Every endpoint but /api/v1/health and the docs needs "
         "'Authorization: Bearer <key>' (keys come from `reidnet users create`).",
         lifespan=lifespan,
+        docs_url=None,  # served by _add_docs from local assets, not from a CDN
+        redoc_url=None,
     )
     app.state.service = state
     app.include_router(datasets.router)
@@ -76,6 +78,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         """Liveness; needs no API key."""
         return schemas.Health(version=__version__)
 
+    _add_docs(app)
     _add_error_handlers(app)
     _add_body_limit(app)
     _document_validation_errors(app)
@@ -122,6 +125,57 @@ def _document_validation_errors(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+DOCS_ASSETS_PATH = "/docs-assets"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their JavaScript and CSS served by this server.
+
+    FastAPI's pages load them from a public CDN, which leaves the pages blank on an offline host;
+    the fastapi-offline package ships the same Swagger UI 5 and ReDoc 2 bundles, mounted here as
+    in FastAPI's "custom docs UI static assets" recipe.
+    """
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import (
+        get_redoc_html,
+        get_swagger_ui_html,
+        get_swagger_ui_oauth2_redirect_html,
+    )
+    from fastapi.staticfiles import StaticFiles
+
+    assets = files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=str(assets)), name="docs-assets")
+    redirect_url = app.swagger_ui_oauth2_redirect_url
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "") + DOCS_ASSETS_PATH
+        return get_swagger_ui_html(
+            openapi_url=request.scope.get("root_path", "") + app.openapi_url,
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=redirect_url,
+            swagger_js_url=f"{root}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/swagger-ui.css",
+            swagger_favicon_url=f"{root}/favicon.png",
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "") + DOCS_ASSETS_PATH
+        return get_redoc_html(
+            openapi_url=request.scope.get("root_path", "") + app.openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _add_error_handlers(app: FastAPI) -> None:
