@@ -101,6 +101,7 @@ def test_training_beats_the_untrained_model_and_writes_its_outputs(synthetic, tm
     assert "validation" in lines[3] and "validation" not in lines[2]
     status = json.loads((out / "status.json").read_text())
     assert (status["state"], status["epoch"]) == ("done", 8)
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((out / "tensorboard").iterdir())
 
 

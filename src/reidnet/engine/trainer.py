@@ -430,12 +430,24 @@ class TrainingRun:
                     record,
                     last_checkpoint,
                 )
+        self._plot_curves()
         return TrainResult(
             self.results_dir,
             last_checkpoint or self._existing_latest(),
             spec.num_epochs,
             self.history,
         )
+
+    def _plot_curves(self) -> None:
+        """training_curves.png (losses, lr, validation mAP per epoch) beside metrics.jsonl."""
+        if not self.dist.is_main:
+            return
+        from reidnet.evaluation.plots import plot_training_curves
+
+        try:
+            logger.info("training curves: %s", plot_training_curves(self.results_dir))
+        except ReidnetError as error:  # a damaged metrics.jsonl must not fail a finished run
+            logger.warning("no training curves: %s", error)
 
     def run_epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
         """One epoch (what `fit` repeats; benchmarks time it): its record, and whether it ran to
