@@ -114,6 +114,7 @@ def test_two_processes_train_once_and_like_one_process(synthetic, tmp_path):  # 
     assert sorted(p.name for p in out.glob("*.pth")) == [
         "model_epoch_001.pth",
         "model_epoch_002.pth",
+        "reid_model_best.pth",
         "reid_model_latest.pth",
     ]
     lines = metrics_lines(out)

@@ -639,6 +639,7 @@ def test_converted_dataset_trains_and_evaluates(tmp_path):
             single,
             tmp_path / "r",
             f"evaluate.checkpoint={result.last_checkpoint}",
+            f"evaluate.results_dir={tmp_path / 'single_evaluate'}",
             *report.evaluate_overrides,
         )
     )
