@@ -34,23 +34,6 @@ console = _console()
 error_console = _console(stderr=True)
 
 VERBOSE_FLAGS = ("-v", "--verbose")
-# Libraries that log at DEBUG/INFO on import or per image (matplotlib's font search, PIL's PNG
-# chunks): they stay at WARNING so that -v shows reidnet's own debug lines.
-THIRD_PARTY_LOGGERS = (
-    "matplotlib",
-    "PIL",
-    "fsspec",
-    "urllib3",
-    "httpx",
-    "httpcore",
-    "asyncio",
-    "multipart",
-    "python_multipart",
-    "onnx",
-    "onnxscript",
-    "onnx_ir",
-    "torch",
-)
 
 
 class _ReidnetGroup(TyperGroup):
@@ -131,13 +114,7 @@ def _configure(
 ) -> None:
     from reidnet.logs import configure_logging
 
-    configure_logging(verbose)
-    _quiet_third_party_loggers()
-
-
-def _quiet_third_party_loggers() -> None:
-    for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_logging(verbose)  # third-party loggers stay at WARNING (reidnet.logs)
 
 
 # ---------------------------------------------------------------------------------------------

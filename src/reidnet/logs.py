@@ -16,8 +16,25 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-# Third-party loggers that flood debug output with lines no reidnet user asked for.
-QUIET_LOGGERS = ("matplotlib", "PIL", "urllib3", "fsspec", "h5py", "asyncio", "multipart")
+# Libraries that log at DEBUG/INFO on import or per image (matplotlib's font search, PIL's PNG
+# chunks): they stay at WARNING so that -v shows reidnet's own debug lines. uvicorn is left out:
+# `serve` needs its access log.
+QUIET_LOGGERS = (
+    "matplotlib",
+    "PIL",
+    "fsspec",
+    "urllib3",
+    "httpx",
+    "httpcore",
+    "asyncio",
+    "multipart",
+    "python_multipart",
+    "onnx",
+    "onnxscript",
+    "onnx_ir",
+    "torch",
+    "h5py",
+)
 
 
 class PlainFormatter(logging.Formatter):
