@@ -37,9 +37,7 @@ from reidnet.client import Client
 
 if importlib.util.find_spec("ray") is None:
     if os.environ.get("REIDNET_REQUIRE_RAY") == "1":
-        raise ImportError(
-            "REIDNET_REQUIRE_RAY=1 but Ray is not installed: pip install -e '.[ray]'"
-        )
+        raise ImportError("REIDNET_REQUIRE_RAY=1 but Ray is not installed: pip install -e '.[ray]'")
     pytest.skip("Ray is not installed (pip install -e '.[ray]')", allow_module_level=True)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -134,9 +132,7 @@ def train_specs(**train) -> dict:
 
 def ray_job(jobs, job: dict, run: int = 1):
     """The Ray job of a service job's `run`-th run (its submission id holds the queue seq)."""
-    found = [
-        j for j in jobs.list_jobs() if (j.metadata or {}).get("reidnet_job_id") == job["id"]
-    ]
+    found = [j for j in jobs.list_jobs() if (j.metadata or {}).get("reidnet_job_id") == job["id"]]
     found.sort(key=lambda j: j.start_time)
     return found[run - 1]
 
@@ -156,8 +152,9 @@ def test_full_flow_runs_every_job_on_ray(on_ray, ray_jobs, synthetic_data, tmp_p
     assert on_cluster.status == "SUCCEEDED" and on_cluster.submission_id.startswith(
         f"reidnet-{train}-"
     )
-    assert on_cluster.entrypoint_num_cpus == 1
-    assert on_cluster.entrypoint_num_gpus == 0  # --ray-gpus auto on a cluster without GPUs
+    handle = stored_handle(server, train)
+    assert handle["submission_id"] == on_cluster.submission_id
+    assert (handle["num_cpus"], handle["num_gpus"]) == (1, 0)  # auto: the cluster has no GPU
     assert "reidnet.service.ray_entry" in on_cluster.entrypoint
 
     evaluate = client.submit_job(experiment, "evaluate", parent_job_id=train)
@@ -180,6 +177,18 @@ def test_full_flow_runs_every_job_on_ray(on_ray, ray_jobs, synthetic_data, tmp_p
     assert embeddings.shape == (2, 32) and np.isfinite(embeddings).all()
     archive = client.download(experiment, evaluate, dest=tmp_path)
     assert archive.stat().st_size > 0
+
+
+def stored_handle(server: LiveServer, job_id: str) -> dict:
+    """What the executor stored with the job: the Ray submission and what it asked for."""
+    from reidnet.service.db import Database, Job
+
+    database = Database(server.database_url)
+    try:
+        with database.session() as session:
+            return session.get(Job, job_id).handle
+    finally:
+        database.dispose()
 
 
 def moment(text: str):
