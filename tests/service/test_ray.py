@@ -315,3 +315,57 @@ def test_a_job_asking_for_a_gpu_the_cluster_lacks_ends_error_naming_it(
         assert job["exit_code"] is None
     finally:
         server.stop()
+
+
+# -- the executor's choices, against the same cluster (no job submitted) ------------------------
+
+
+@pytest.fixture
+def executor(ray_address):
+    from reidnet.service.ray_executor import RayJobExecutor
+
+    return RayJobExecutor(ray_address, schedule_timeout_seconds=0)
+
+
+def launch_of(tmp_path: Path, action: str, **train) -> object:
+    from reidnet.service.executor import Launch
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps({"train": train}))  # JSON is YAML
+    return Launch("j", action, tmp_path, spec_file, tmp_path / "log.txt")
+
+
+def test_gpu_requests_follow_the_spec_and_the_cluster(executor, tmp_path, monkeypatch):
+    from reidnet.errors import ReidnetError
+
+    (node,) = executor._nodes()  # the session's one real node
+    assert node["CPU"] == 2 and node.get("GPU", 0) == 0
+    assert executor._gpus_for(launch_of(tmp_path, "train", num_gpus=2)) == 0  # no GPU at all
+    assert executor._gpus_for(launch_of(tmp_path, "evaluate")) == 0
+
+    monkeypatch.setattr(executor, "_nodes", lambda: [{"CPU": 8, "GPU": 4}, {"CPU": 2}])
+    assert executor._gpus_for(launch_of(tmp_path, "train", num_gpus=2)) == 2
+    for action in ("evaluate", "inference", "export"):
+        assert executor._gpus_for(launch_of(tmp_path, action)) == 1
+    with pytest.raises(ReidnetError, match=r"train\.num_nodes is 2: the Ray executor runs a job"):
+        executor._gpus_for(launch_of(tmp_path, "train", num_gpus=1, num_nodes=2))
+
+
+def test_the_missing_resource_is_named_only_when_no_node_could_hold_the_job(executor, monkeypatch):
+    handle = {"action": "train", "num_gpus": 2, "num_cpus": 1.0}
+    monkeypatch.setattr(executor, "_nodes", lambda: [{"CPU": 8, "GPU": 1}, {"CPU": 4, "GPU": 1}])
+    message = executor._missing(handle)
+    assert "asks for 2 GPU and 1 CPU (train.num_gpus is 2" in message
+    assert "no node has 2 GPU (the largest has 1 GPU)" in message
+    assert "lower train.num_gpus" in message
+    monkeypatch.setattr(executor, "_nodes", lambda: [{"CPU": 8, "GPU": 2}])
+    assert executor._missing(handle) is None  # it fits: busy nodes free up, the job waits
+    monkeypatch.setattr(executor, "_nodes", lambda: [{"CPU": 0.5, "GPU": 2}, {"CPU": 8}])
+    assert "no single node has 2 GPU and 1 CPU together" in executor._missing(handle)
+
+
+def test_a_ray_job_the_cluster_has_no_record_of_ends_with_that_reason(executor, tmp_path):
+    handle = {"submission_id": "reidnet-nosuchjob-1", "control": str(tmp_path / "c")}
+    ended = executor.poll(handle)
+    assert ended.exit_code is None
+    assert "the Ray job reidnet-nosuchjob-1 is gone" in ended.error and "resume" in ended.error

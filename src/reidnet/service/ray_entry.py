@@ -83,20 +83,29 @@ def run(control_file: Path, submission_id: str, arguments: list[str]) -> int:
     """Run reidnet with `arguments` until it ends; obey the control file. Its exit status."""
     # Ray delivers its own stop signal to the reidnet process too: this process only waits. A
     # handler, not SIG_IGN, so the child starts with the default disposition.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
-    if stop_request(control_file, submission_id) is not None:
-        _say(f"stop requested before {submission_id} started: not running it")
-        return 128 + signal.SIGTERM
-    child = subprocess.Popen(
-        [sys.executable, "-m", "reidnet", *arguments], stdin=subprocess.DEVNULL
-    )
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if stop_request(control_file, submission_id) is not None:
+            _say(f"stop requested before {submission_id} started: not running it")
+            return 128 + signal.SIGTERM
+        child = subprocess.Popen(
+            [sys.executable, "-m", "reidnet", *arguments], stdin=subprocess.DEVNULL
+        )
+        code = _supervise(child, control_file, submission_id)
+        _kill_job(child)  # workers that outlived the main process
+        return 128 - code if code < 0 else code
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _supervise(child: subprocess.Popen, control_file: Path, submission_id: str) -> int:
+    """Wait for the child; on a stop request SIGTERM it, after the grace period kill the job."""
     stopping: Control | None = None
     deadline = 0.0
     while True:
         try:
-            code = child.wait(timeout=POLL_SECONDS)
-            break
+            return child.wait(timeout=POLL_SECONDS)
         except subprocess.TimeoutExpired:
             pass
         if stopping is None:
@@ -110,14 +119,16 @@ def run(control_file: Path, submission_id: str, arguments: list[str]) -> int:
                 )
         elif time.monotonic() > deadline:
             _say(f"the job process {child.pid} ignored SIGTERM: killing its processes")
-            _kill_others()
-    _kill_others()  # workers that outlived the main process
-    return 128 - code if code < 0 else code
+            _kill_job(child)
 
 
-def _kill_others() -> None:
-    """SIGKILL every other process of this process group: the job's, and nothing else's (Ray
-    starts this entrypoint in a session of its own)."""
+def _kill_job(child: subprocess.Popen) -> None:
+    """SIGKILL the job's processes. Ray starts this entrypoint as the leader of a process group
+    of its own, which the job's processes share: all of them but this one. Anywhere else (a
+    test) the group is someone else's too: the child alone."""
+    if os.getpgrp() != os.getpid():
+        child.kill()
+        return
     for pid in group_members(os.getpgrp()):
         if pid != os.getpid():
             _signal(pid, signal.SIGKILL)
