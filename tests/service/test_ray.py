@@ -12,14 +12,9 @@ import copy
 import importlib.util
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -27,7 +22,6 @@ from live_server import (
     TINY_TRAIN,
     LiveServer,
     create_user,
-    free_port,
     job_processes,
     upload,
     wait_for_dataset,
@@ -43,56 +37,16 @@ if importlib.util.find_spec("ray") is None:
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def ray_command(*args: str) -> list[str]:
-    beside = Path(sys.executable).with_name("ray")  # the `ray` of this Python
-    return [str(beside) if beside.is_file() else shutil.which("ray") or "ray", *args]
-
-
 @pytest.fixture(scope="session")
 def ray_address():
-    """A one-node Ray cluster on loopback; its Jobs API URL."""
-    # Ray's socket paths must stay under the 107-byte limit: a short folder, not tmp_path.
-    temp_dir = Path(tempfile.mkdtemp(prefix="reidnet-ray-", dir="/tmp"))
-    dashboard_port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    started = subprocess.run(
-        ray_command(
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={free_port()}",
-            "--num-cpus=2",
-            "--num-gpus=0",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard_port}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--ray-client-server-port={free_port()}",
-            f"--temp-dir={temp_dir}",
-            "--object-store-memory=100000000",
-            "--disable-usage-stats",
-        ),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    if started.returncode != 0:
-        raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
-    address = f"http://127.0.0.1:{dashboard_port}"
+    """The Jobs API URL of a one-node Ray cluster on loopback, stopped at the session's end."""
+    from ray_head import RayHead
+
+    head = RayHead().start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the job agent answers a moment after the head
-            try:
-                if httpx.get(f"{address}/api/version", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        yield address
+        yield head.address
     finally:
-        subprocess.run(ray_command("stop", "--force"), env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        head.stop()
 
 
 @pytest.fixture(scope="session")
