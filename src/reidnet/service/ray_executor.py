@@ -77,8 +77,9 @@ class RayJobExecutor(JobExecutor):
         try:
             self._client = self._call(JobSubmissionClient, address)
         except (ExecutorUnavailable, RuntimeError, ValueError) as error:
+            why = str(error).rstrip(".")
             raise ReidnetError(
-                f"cannot reach the Ray Jobs API at --ray-address {address!r}: {error}. Start "
+                f"cannot reach the Ray Jobs API at --ray-address {address!r}: {why}. Start "
                 "the cluster (`ray start --head --dashboard-host=0.0.0.0`) or give its "
                 "dashboard address, e.g. http://HEAD:8265"
             ) from None
