@@ -15,6 +15,7 @@ difference.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -97,6 +98,7 @@ def main() -> None:
                 server.stop()
     finally:
         head.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
     print(f"\nPOST -> ..., {args.repetitions} one-epoch train jobs each: median (min-max)")
     print(f"{'executor':<10}{'Running':<24}{'first log line':<24}{'Done':<24}")
