@@ -192,7 +192,7 @@ class RayJobExecutor(JobExecutor):
             time.sleep(0.5)
 
     def outlives_server(self, handle: dict[str, Any]) -> bool:
-        return handle.get("executor") == "ray"
+        return bool(handle) and handle.get("executor") == "ray"
 
     # -- resources ----------------------------------------------------------------------------
 
