@@ -729,8 +729,38 @@ def serve_command(
     cancel_grace: Annotated[
         float, typer.Option(min=0, help="Seconds a canceled job may take to checkpoint.")
     ] = 60.0,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="Where jobs run: 'local' (child processes of the server) or 'ray' (Ray jobs "
+            "on the cluster at --ray-address; they outlive a server restart)."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="The Ray cluster's dashboard / Jobs API URL, e.g. http://HEAD:8265 (default: "
+            "$RAY_ADDRESS)."
+        ),
+    ] = None,
+    ray_gpus: Annotated[
+        str,
+        typer.Option(
+            help="'auto': jobs ask for GPUs (train.num_gpus; one for the others) only when the "
+            "cluster has GPUs; 'always': even when it has none yet (an autoscaler adds them)."
+        ),
+    ] = "auto",
+    ray_job_cpus: Annotated[float, typer.Option(min=0, help="CPUs each Ray job asks for.")] = 1.0,
+    ray_schedule_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a Ray job may wait to be placed before, if no node could ever hold "
+            "it, it ends Error naming the missing resource.",
+        ),
+    ] = 600.0,
 ) -> None:
-    """Run the fine-tuning REST API (docs at /docs); jobs run as child processes."""
+    """Run the fine-tuning REST API (docs at /docs); jobs run as child processes, or on Ray."""
     import uvicorn
 
     from reidnet.service.app import create_app
@@ -744,6 +774,11 @@ def serve_command(
         max_dataset_bytes=max_dataset_mb * MIB,
         max_dataset_files=max_dataset_files,
         cancel_grace_seconds=cancel_grace,
+        executor=_choice("--executor", executor, ("local", "ray")),
+        ray_address=ray_address,
+        ray_gpus=_choice("--ray-gpus", ray_gpus, ("auto", "always")),
+        ray_job_cpus=ray_job_cpus,
+        ray_schedule_timeout_seconds=ray_schedule_timeout,
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger(__name__).warning(
@@ -754,6 +789,12 @@ def serve_command(
     uvicorn.run(
         create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5
     )
+
+
+def _choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ReidnetError(f"{option} {value!r} must be one of: {', '.join(choices)}")
+    return value
 
 
 @users_app.command("create")

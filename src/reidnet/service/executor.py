@@ -1,7 +1,8 @@
 """Executors start, watch and stop job processes; the job manager decides what runs when.
 
-`LocalProcessExecutor` runs each job as a child process on this machine. A distributed executor (a
-cluster queue, Kubernetes) implements the same four methods, and nothing in the API changes.
+`LocalProcessExecutor` runs each job as a child process on this machine; `RayJobExecutor`
+(reidnet.service.ray_executor, imported only when chosen) submits each job to a Ray cluster. Both
+implement the same methods, and nothing in the API changes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reidnet.service.settings import ServiceSettings
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,6 +36,19 @@ class Launch:
     spec_file: Path
     log_file: Path
     options: tuple[str, ...] = ()
+    seq: int = 0  # the job's place in the queue: a resumed job is queued again with a new one
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a job ended, as its executor saw it."""
+
+    exit_code: int | None  # negative: killed by that signal; None: no process exit status
+    error: str | None = None  # why it failed when the executor knows better than the job's log
+
+
+class ExecutorUnavailable(Exception):
+    """The executor cannot start jobs right now (its cluster does not answer): jobs stay queued."""
 
 
 class JobExecutor(ABC):
@@ -40,11 +56,15 @@ class JobExecutor(ABC):
 
     @abstractmethod
     def launch(self, launch: Launch) -> dict[str, Any]:
-        """Start the job; return its handle."""
+        """Start the job; return its handle.
+
+        Raises ReidnetError for a job that can never run here (it ends Error with the message),
+        ExecutorUnavailable for one that cannot start now (it stays queued).
+        """
 
     @abstractmethod
-    def poll(self, handle: dict[str, Any]) -> int | None:
-        """The exit status once the job has ended (negative: killed by that signal), else None."""
+    def poll(self, handle: dict[str, Any]) -> Ended | None:
+        """How the job ended, once it has; else None."""
 
     @abstractmethod
     def stop(self, handle: dict[str, Any], grace_seconds: float) -> None:
@@ -56,6 +76,14 @@ class JobExecutor(ABC):
     @abstractmethod
     def reap_orphan(self, handle: dict[str, Any], job_dir: Path, grace_seconds: float) -> None:
         """End a job a previous server process started, if it still runs; blocks until it has."""
+
+    def outlives_server(self, handle: dict[str, Any]) -> bool:
+        """Whether the job runs on when this server process ends, for the next one to watch.
+
+        Such jobs are neither stopped at shutdown nor reaped at start-up: the next server polls
+        them through the same handle. A local child process is not one of them.
+        """
+        return False
 
 
 class LocalProcessExecutor(JobExecutor):
@@ -98,18 +126,19 @@ class LocalProcessExecutor(JobExecutor):
             self._processes[process.pid] = process
         return {"executor": "local", "host": socket.gethostname(), "pid": process.pid}
 
-    def poll(self, handle: dict[str, Any]) -> int | None:
+    def poll(self, handle: dict[str, Any]) -> Ended | None:
         pid = handle["pid"]
         with self._lock:
             process = self._processes.get(pid)
         if process is None:  # not started by this server process: see reap_orphan
-            return None if _alive(pid) else -signal.SIGKILL
+            return None if _alive(pid) else Ended(-signal.SIGKILL)
         code = process.poll()
-        if code is not None:
-            with self._lock:
-                self._processes.pop(pid, None)
-            _kill_group(pid)  # workers that outlived the main process
-        return code
+        if code is None:
+            return None
+        with self._lock:
+            self._processes.pop(pid, None)
+        _kill_group(pid)  # workers that outlived the main process
+        return Ended(code)
 
     def stop(self, handle: dict[str, Any], grace_seconds: float) -> None:
         pid = handle["pid"]
@@ -149,6 +178,15 @@ class LocalProcessExecutor(JobExecutor):
             _signal(pid, signal.SIGKILL)
 
 
+def executor_for(settings: ServiceSettings) -> JobExecutor:
+    """The executor `reidnet serve --executor` chose; Ray is imported only when it is."""
+    if settings.executor == "ray":
+        from reidnet.service.ray_executor import RayJobExecutor
+
+        return RayJobExecutor.from_settings(settings)
+    return LocalProcessExecutor()
+
+
 def _signal(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
@@ -180,26 +218,34 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[2])
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid`, from /proc (empty where there is no /proc)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    members = []
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            state = _proc_stat(int(entry.name))
+            if state is not None and state[1] == pgid and state[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
 def _job_processes(pgid: int, marker: str) -> list[int]:
     """Live processes of group `pgid` whose command line names the job folder.
 
     Checking the command line keeps a reused process id from being killed. Without /proc (not
     Linux) the stored group is trusted.
     """
-    proc = Path("/proc")
-    if not proc.is_dir():
+    if not Path("/proc").is_dir():
         return [pgid] if _alive(pgid) else []
     members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        state = _proc_stat(int(entry.name))
-        if state is None or state[1] != pgid or state[0] == "Z":
-            continue
+    for pid in group_members(pgid):
         try:
-            command_line = (entry / "cmdline").read_bytes()
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
         if marker.encode() in command_line:
-            members.append(int(entry.name))
+            members.append(pid)
     return members

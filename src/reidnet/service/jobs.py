@@ -4,8 +4,8 @@ A job runs exactly what the CLI runs, `python -m reidnet <action> -e spec.yaml`,
 and its own process group. The `JobManager` owns every state change (submit, start, finish,
 cancel, resume, delete) under one lock, starts queued jobs in submission order up to `max_jobs`,
 and recovers after a restart. Processes are started and stopped through a `JobExecutor`
-(reidnet.service.executor), so a distributed executor can replace the local one without touching
-the API.
+(reidnet.service.executor): a child process here, or a Ray job (`--executor ray`), whose jobs
+outlive the server and are watched again by the next one.
 """
 
 from __future__ import annotations
@@ -43,7 +43,13 @@ from reidnet.service.db import (
     utcnow,
 )
 from reidnet.service.errors import ServiceError, not_found
-from reidnet.service.executor import JobExecutor, Launch, LocalProcessExecutor
+from reidnet.service.executor import (
+    Ended,
+    ExecutorUnavailable,
+    JobExecutor,
+    Launch,
+    executor_for,
+)
 from reidnet.service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -55,6 +61,7 @@ RESTARTED = (
     "server restarted while the job was running: its process was stopped; resume the job to "
     "continue from its latest checkpoint"
 )
+LAUNCH_RETRY_SECONDS = 10.0  # between tries to reach an executor that did not answer
 STOPPED = (
     "server stopped while the job was running; resume the job to continue from its latest "
     "checkpoint"
@@ -271,7 +278,7 @@ def _relative(path: Path | None, folder: Path) -> str | None:
     return str(path.relative_to(folder)) if path is not None else None
 
 
-def error_from_log(log_file: Path, exit_code: int) -> str:
+def error_from_log(log_file: Path, exit_code: int | None) -> str:
     """The CLI's `error: ...` message, else the exit status and the log's last lines."""
     try:
         with open(log_file, "rb") as stream:
@@ -283,7 +290,9 @@ def error_from_log(log_file: Path, exit_code: int) -> str:
     if marker >= 0 and (marker == 0 or text[marker - 1] == "\n"):
         return text[marker + len("error: ") :].strip()[:4000]
     how = f"exited with status {exit_code}"
-    if exit_code < 0:
+    if exit_code is None:
+        how = "ended without an exit status"
+    elif exit_code < 0:
         try:
             how = f"killed by signal {signal.Signals(-exit_code).name}"
         except ValueError:
@@ -306,8 +315,9 @@ class JobManager:
         executor: JobExecutor | None = None,
     ):
         self.database, self.settings = database, settings
-        self.executor = executor or LocalProcessExecutor()
+        self.executor = executor or executor_for(settings)
         self._lock = threading.RLock()
+        self._launch_paused_until = 0.0  # after the executor could not be reached
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -320,30 +330,42 @@ class JobManager:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the scheduler and every running job (they checkpoint), marking them Error."""
+        """Stop the scheduler and every running job (they checkpoint), marking them Error.
+
+        Jobs that outlive the server (Ray jobs) run on, for the next server to watch.
+        """
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
         with self._lock, self.database.session() as session:
-            running = session.scalars(select(Job).where(Job.status == RUNNING)).all()
+            running = [
+                job
+                for job in session.scalars(select(Job).where(Job.status == RUNNING)).all()
+                if not self.executor.outlives_server(job.handle)
+            ]
             for job in running:
                 self.executor.stop(job.handle, self.settings.cancel_grace_seconds)
             deadline = time.monotonic() + self.settings.cancel_grace_seconds + 5
             for job in running:
-                code = self.executor.poll(job.handle)
-                while code is None and time.monotonic() < deadline:
+                ended = self.executor.poll(job.handle)
+                while ended is None and time.monotonic() < deadline:
                     time.sleep(0.2)
-                    code = self.executor.poll(job.handle)
+                    ended = self.executor.poll(job.handle)
+                code = ended.exit_code if ended else None
                 if code == 0:
                     self._mark_ended(job, DONE, code, None)
                 else:
                     self._mark_ended(job, ERROR, code, STOPPED)
 
     def recover(self) -> None:
-        """After a restart: stop jobs the previous server left running and mark them Error."""
+        """After a restart: watch again the jobs that outlived the previous server; stop the
+        others it left running and mark them Error."""
         with self._lock, self.database.session() as session:
             for job in session.scalars(select(Job).where(Job.status == RUNNING)).all():
+                if job.handle and self.executor.outlives_server(job.handle):
+                    logger.info("job %s outlived the previous server: watching it again", job.id)
+                    continue
                 if job.handle:
                     folder = job_dir(self.settings, job.id)
                     grace = self.settings.cancel_grace_seconds
@@ -371,16 +393,16 @@ class JobManager:
             running = session.scalars(select(Job).where(Job.status == RUNNING)).all()
             active = len(running)
             for job in running:
-                code = self.executor.poll(job.handle)
-                if code is not None:
-                    self._finish(job, code)
+                ended = self.executor.poll(job.handle)
+                if ended is not None:
+                    self._finish(job, ended)
                     active -= 1
             session.flush()
             pending = session.scalars(
                 select(Job).where(Job.status == PENDING).order_by(Job.seq)
             ).all()
             for job in pending:
-                if active >= self.settings.max_jobs:
+                if active >= self.settings.max_jobs or time.monotonic() < self._launch_paused_until:
                     break
                 if self._waits_for_parent(session, job):
                     continue
@@ -416,20 +438,32 @@ class JobManager:
         log_file = folder / LOG_FILE
         with open(log_file, "a") as log:
             log.write(f"==== {job.action} job {job.id} started {utcnow().isoformat()} ====\n")
-        job.handle = self.executor.launch(Launch(job.id, job.action, folder, spec_file, log_file))
+        launch = Launch(job.id, job.action, folder, spec_file, log_file, seq=job.seq)
+        try:
+            job.handle = self.executor.launch(launch)
+        except ReidnetError as error:
+            self._mark_ended(job, ERROR, None, f"the job could not start: {error}")
+            return False
+        except ExecutorUnavailable as error:
+            self._launch_paused_until = time.monotonic() + LAUNCH_RETRY_SECONDS
+            logger.warning(
+                "job %s stays queued: %s (next try in %g s)", job.id, error, LAUNCH_RETRY_SECONDS
+            )
+            return False
         job.status, job.started_at = RUNNING, utcnow()
         job.finished_at, job.exit_code, job.error, job.result = None, None, None, None
         logger.info("job %s (%s) started", job.id, job.action)
         return True
 
-    def _finish(self, job: Job, code: int) -> None:
+    def _finish(self, job: Job, ended: Ended) -> None:
+        code = ended.exit_code
         if job.cancel_requested:
             self._mark_ended(job, CANCELED, code, None)
-        elif code == 0:
+        elif code == 0 and ended.error is None:
             self._mark_ended(job, DONE, code, None)
         else:
             log_file = job_dir(self.settings, job.id) / LOG_FILE
-            self._mark_ended(job, ERROR, code, error_from_log(log_file, code))
+            self._mark_ended(job, ERROR, code, ended.error or error_from_log(log_file, code))
         logger.info("job %s ended: %s", job.id, job.status)
 
     def _mark_ended(self, job: Job, status: str, code: int | None, error: str | None) -> None:

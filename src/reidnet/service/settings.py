@@ -21,6 +21,11 @@ class ServiceSettings:
     max_dataset_files: int = 1_000_000
     cancel_grace_seconds: float = 60.0
     poll_seconds: float = 0.5
+    executor: str = "local"  # "local": child processes here; "ray": Ray jobs (ray_* below)
+    ray_address: str | None = None  # the cluster's Jobs API (dashboard) URL
+    ray_gpus: str = "auto"  # "auto": ask for GPUs only if the cluster has some; "always"
+    ray_job_cpus: float = 1.0
+    ray_schedule_timeout_seconds: float = 600.0  # then a job no node can hold ends Error
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
