@@ -14,7 +14,7 @@ import torch
 
 from reidnet.actions import evaluate, inference, train
 from reidnet.config import load_spec
-from reidnet.contracts import Architecture
+from reidnet.contracts import Architecture, TrainingStatus
 from reidnet.data.market import read_records
 from reidnet.data.synthetic import generate_synthetic_dataset
 from reidnet.engine import checkpoint as ckpt
@@ -106,8 +106,11 @@ def test_training_beats_the_untrained_model_and_writes_its_outputs(synthetic, tm
     assert [line["epoch"] for line in lines] == list(range(1, 9))
     assert {"loss_id", "loss_triplet", "loss_total", "lr", "train_accuracy"} <= set(lines[0])
     assert "validation" in lines[3] and "validation" not in lines[2]
-    status = json.loads((out / "status.json").read_text())
-    assert (status["state"], status["epoch"]) == ("done", 8)
+    status = TrainingStatus.read(out / "status.json")  # the service's reading of it
+    assert (status.state, status.epoch, status.num_epochs, status.eta_seconds) == ("done", 8, 8, 0)
+    assert status.losses == {k[5:]: v for k, v in lines[-1].items() if k.startswith("loss_")}
+    assert status.lr == lines[-1]["lr"] and status.validation == lines[-1]["validation"]
+    assert status.checkpoint == str(out / "model_epoch_008.pth")
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((out / "tensorboard").iterdir())
 
