@@ -48,12 +48,13 @@ from pathlib import Path
 
 import torch
 
+from reidnet.actions import train
 from reidnet.config import load_spec
+from reidnet.contracts import Architecture
 from reidnet.data.market import read_records
 from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.actions import CheckpointFeatures
-from reidnet.engine.retrieval import score_retrieval
-from reidnet.engine.trainer import train
+from reidnet.engine.embed import TorchBackend
+from reidnet.engine.retrieval import embed_for_spec, score_retrieval
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk03"
 METRICS = ("mAP", "rank-1", "rank-5", "rank-10", "mINP")
@@ -172,15 +173,15 @@ def train_row(args, preset, name, variant, feat_dim, epochs) -> tuple[dict, dict
 def evaluate_variants(spec, checkpoint: Path, device, variants) -> list[tuple[str, dict]]:
     """Score one checkpoint with flip feature / re-ranking on and off (embedding once each)."""
     payload = ckpt.load_checkpoint(checkpoint, "checkpoint", spec)
-    model = ckpt.model_from_checkpoint(payload, torch.device(device or "cpu"))
+    backend = TorchBackend.from_checkpoint(payload, torch.device(device or "cpu"))
+    model = backend.model
     query = read_records(spec.dataset.query_dataset_dir)
     gallery = read_records(spec.dataset.test_dataset_dir)
-    source = CheckpointFeatures(model, payload["architecture"], torch.device(device or "cpu"))
     rows = []
     for flip in sorted({flip for flip, _ in variants}):
         model.with_flip_feature = flip
         start = time.perf_counter()
-        features = source.embed([r.path for r in query + gallery], spec)
+        features = embed_for_spec(backend, [r.path for r in query + gallery], spec)
         embed_seconds = time.perf_counter() - start
         for rerank in sorted({rerank for f, rerank in variants if f == flip}):
             spec.re_ranking.re_ranking = rerank
@@ -198,7 +199,6 @@ def evaluate_variants(spec, checkpoint: Path, device, variants) -> list[tuple[st
 
 def zero_shot_rows(args, preset) -> list[dict]:
     """The ImageNet trunk before any training: its pooled feature, flip off and on."""
-    from reidnet.engine.trainer import architecture_of
     from reidnet.model import BACKBONES, ReIdentificationNet
 
     spec = build_spec(args, preset, args.out / "zero_shot", "recipe", 256, 1)
@@ -217,7 +217,7 @@ def zero_shot_rows(args, preset) -> list[dict]:
         epoch=0,
         spec_dict=spec.model_dump(mode="json"),
         identity_keys=["none"],
-        architecture=architecture_of(spec),
+        architecture=Architecture.from_spec(spec),
     )
     ckpt.atomic_torch_save({**header, "model": model.state_dict()}, path)
     rows = []

@@ -2,7 +2,7 @@
 
 The model is reidnet's ResNet-50 (last stride 1, feat_dim 256, no flip feature: the reference
 recipe) with random weights; its BatchNorm statistics come from two batches of random images so
-activations have a realistic scale. It is exported with `reidnet.export` (the parity figures of
+activations have a realistic scale. It is exported with `reidnet.deploy` (the parity figures of
 that export are printed), then timed at batch 1, 16 and 64 from normalised float32 images in host
 memory to float32 embeddings in host memory (image decoding and resizing excluded):
 
@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reidnet.contracts import INPUT_NAME, OUTPUT_NAME, Architecture
+from reidnet.deploy.onnx import export_checkpoint
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine.embed import autocast_for
-from reidnet.export.onnx import INPUT_NAME, OUTPUT_NAME, export_checkpoint
 from reidnet.model import ReIdentificationNet
 
 HEIGHT, WIDTH, FEAT_DIM = 256, 128, 256
@@ -49,18 +50,19 @@ def build_checkpoint(folder: Path) -> dict:
     with torch.no_grad():
         for _ in range(2):
             model(torch.randn(8, 3, HEIGHT, WIDTH))
-    architecture = {
-        "backbone": "resnet_50",
-        "feat_dim": FEAT_DIM,
-        "last_stride": 1,
-        "neck": "bnneck",
-        "neck_feat": "after",
-        "with_flip_feature": False,
-        "input_height": HEIGHT,
-        "input_width": WIDTH,
-        "pixel_mean": [0.485, 0.456, 0.406],
-        "pixel_std": [0.226, 0.226, 0.226],
-    }
+    architecture = Architecture(
+        backbone="resnet_50",
+        network="torchvision",
+        feat_dim=FEAT_DIM,
+        last_stride=1,
+        neck="bnneck",
+        neck_feat="after",
+        with_flip_feature=False,
+        input_height=HEIGHT,
+        input_width=WIDTH,
+        pixel_mean=(0.485, 0.456, 0.406),
+        pixel_std=(0.226, 0.226, 0.226),
+    )
     header = ckpt.checkpoint_header(
         epoch=0,
         spec_dict={},

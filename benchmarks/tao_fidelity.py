@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import test_tao_fidelity as ref
+from reidnet.actions import export
 from reidnet.config import load_spec
 from reidnet.convert import convert
 from reidnet.engine import checkpoint as ckpt
-from reidnet.export import run_export
 
 CASES = [((3, 4, 6, 3), 256, "resnet_50"), ((2, 2, 2, 2), 128, "resnet_18 (Bottleneck)")]
 
@@ -81,7 +81,7 @@ def main() -> None:
                     )
                 )
             spec.export.checkpoint = str(pth)
-            exported = run_export(spec).onnx_file
+            exported = export(spec).onnx_file
             session = onnxruntime.InferenceSession(str(exported))
             rows.append(
                 (

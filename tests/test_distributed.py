@@ -15,9 +15,10 @@ import pytest
 import torch
 import yaml
 
+from reidnet.contracts import LATEST_CHECKPOINT, Architecture
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine import distributed
-from reidnet.engine.actions import score_model
+from reidnet.engine.retrieval import score_model
 from reidnet.engine.trainer import TrainingRun, train
 from test_training import TINY, synthetic, tiny_spec  # noqa: F401  (the tiny dataset fixture)
 
@@ -128,7 +129,12 @@ def test_two_processes_train_once_and_like_one_process(synthetic, tmp_path):  # 
     run = TrainingRun(spec)
     model = ckpt.model_from_checkpoint(saved)
     single = score_model(
-        model, saved["architecture"], run.query_records, run.gallery_records, spec, run.device
+        model,
+        Architecture.from_checkpoint(saved),
+        run.query_records,
+        run.gallery_records,
+        spec,
+        run.device,
     ).metrics
     for key in ("mAP", "rank-1", "mINP"):
         assert lines[-1]["validation"][key] == pytest.approx(single[key], abs=1e-3), key
@@ -151,4 +157,4 @@ def test_two_processes_train_once_and_like_one_process(synthetic, tmp_path):  # 
     # Resuming under torchrun continues from the latest checkpoint.
     torchrun(spec_file, f"train.num_epochs={EPOCHS + 1}")
     assert [line["epoch"] for line in metrics_lines(out)] == [1, 2, 3]
-    assert ckpt.load_checkpoint(out / ckpt.LATEST_NAME)["epoch"] == EPOCHS + 1
+    assert ckpt.load_checkpoint(out / LATEST_CHECKPOINT)["epoch"] == EPOCHS + 1

@@ -13,11 +13,11 @@ from PIL import Image
 import reidnet
 from imagefiles import write_image
 from reidnet.config import load_spec
+from reidnet.contracts import Architecture
+from reidnet.deploy.onnx import export_checkpoint
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine.embed import extract_features
-from reidnet.engine.trainer import architecture_of
 from reidnet.errors import ReidnetError
-from reidnet.export.onnx import export_checkpoint
 from reidnet.model import ReIdentificationNet
 
 SPEC = {
@@ -39,7 +39,7 @@ def model_files(tmp_path_factory) -> tuple[Path, Path]:
         epoch=1,
         spec_dict=spec.model_dump(mode="json"),
         identity_keys=["a", "b", "c"],
-        architecture=architecture_of(spec),
+        architecture=Architecture.from_spec(spec),
     )
     checkpoint = ckpt.atomic_torch_save({**header, "model": model.state_dict()}, root / "m.pth")
     onnx_file = export_checkpoint(ckpt.load_checkpoint(checkpoint), root / "m.onnx").onnx_file
@@ -68,14 +68,14 @@ def test_every_input_type_gives_the_same_unit_embedding(model_files, crops):
 
 def test_embeddings_are_the_normalised_evaluation_features(model_files, crops):
     checkpoint = ckpt.load_checkpoint(model_files[0])
-    architecture = checkpoint["architecture"]
+    architecture = Architecture.from_checkpoint(checkpoint)
     evaluation = extract_features(
         ckpt.model_from_checkpoint(checkpoint),
         crops,
         height=32,
         width=16,
-        pixel_mean=architecture["pixel_mean"],
-        pixel_std=architecture["pixel_std"],
+        pixel_mean=architecture.pixel_mean,
+        pixel_std=architecture.pixel_std,
     )
     expected = torch.nn.functional.normalize(evaluation, dim=1).numpy()
     embedder = reidnet.Embedder.from_file(model_files[0], device="cpu")

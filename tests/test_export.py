@@ -17,19 +17,19 @@ from torch import nn
 from typer.testing import CliRunner
 
 from reidnet import __version__
+from reidnet.actions import evaluate, export, inference
 from reidnet.cli import app
 from reidnet.config import load_spec
+from reidnet.contracts import Architecture
 from reidnet.data.synthetic import generate_synthetic_dataset
 from reidnet.data.transforms import build_eval_transform, read_image_rgb
+from reidnet.deploy import onnx as onnx_export
+from reidnet.deploy.deepstream import deepstream_normalisation
+from reidnet.deploy.onnx import read_metadata
 from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.actions import evaluate, run_inference
-from reidnet.engine.trainer import architecture_of
+from reidnet.engine.embed import Preprocessing
+from reidnet.engine.onnx_backend import OnnxBackend
 from reidnet.errors import ReidnetError
-from reidnet.export import onnx as onnx_export
-from reidnet.export import run_export
-from reidnet.export.deepstream import deepstream_normalisation
-from reidnet.export.onnx import read_metadata
-from reidnet.export.runtime import OnnxReidModel, Preprocessing
 from reidnet.model import ReIdentificationNet
 
 TINY = {
@@ -81,7 +81,7 @@ def write_checkpoint(spec, path: Path, num_classes: int = 5) -> Path:
         epoch=1,
         spec_dict=spec.model_dump(mode="json"),
         identity_keys=[f"id{i}" for i in range(num_classes)],
-        architecture=architecture_of(spec),
+        architecture=Architecture.from_spec(spec),
     )
     return ckpt.atomic_torch_save({**header, "model": model.state_dict()}, path)
 
@@ -91,7 +91,7 @@ def exported(synthetic, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     checkpoint = write_checkpoint(tiny_spec(synthetic, root), root / "model.pth")
     spec = tiny_spec(synthetic, root / "results", f"export.checkpoint={checkpoint}")
-    return checkpoint, run_export(spec)
+    return checkpoint, export(spec)
 
 
 def dims(value_info) -> list:
@@ -163,7 +163,7 @@ def test_metadata_round_trips_through_the_file(exported):
     assert json.loads(metadata["pixel_std"]) == [0.226, 0.226, 0.226]
     # The runtime reads preprocessing from the metadata, not from whatever fallback it is given.
     fallback = Preprocessing(64, 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), source="spec")
-    preprocessing = OnnxReidModel(outcome.onnx_file).preprocessing(fallback)
+    preprocessing = OnnxBackend(outcome.onnx_file, fallback=fallback).preprocessing
     assert preprocessing == Preprocessing(
         32, 16, (0.485, 0.456, 0.406), (0.226, 0.226, 0.226), source="reidnet metadata"
     )
@@ -178,13 +178,13 @@ def test_existing_files_are_refused_unless_forced(exported, synthetic, tmp_path)
         synthetic, tmp_path, f"export.checkpoint={checkpoint}", f"export.onnx_file={target}"
     )
     with pytest.raises(ReidnetError, match="--force"):
-        run_export(spec)
+        export(spec)
     assert target.read_bytes() == b"an older model"
-    outcome = run_export(spec, force=True)
+    outcome = export(spec, force=True)
     assert read_metadata(outcome.onnx_file)["feat_dim"] == "64"
     target.unlink()  # a deployment file left alone is refused too
     with pytest.raises(ReidnetError, match=r"deepstream_tracker_reid\.yml"):
-        run_export(spec)
+        export(spec)
 
 
 def test_a_graph_that_fails_parity_is_never_left_at_the_target(
@@ -203,7 +203,7 @@ def test_a_graph_that_fails_parity_is_never_left_at_the_target(
         synthetic, tmp_path, f"export.checkpoint={checkpoint}", f"export.onnx_file={target}"
     )
     with pytest.raises(ReidnetError, match=r"parity check.*min cosine"):
-        run_export(spec)
+        export(spec)
     # nothing of the model is left; the run's record stays, with the error in its log
     assert sorted(p.name for p in target.parent.iterdir()) == [
         "environment.json",
@@ -321,10 +321,10 @@ def test_evaluate_via_onnx_equals_evaluate_via_the_checkpoint(exported, syntheti
 
 def test_inference_takes_an_onnx_path_as_the_checkpoint(exported, synthetic, tmp_path):
     checkpoint, outcome = exported
-    by_checkpoint = run_inference(
+    by_checkpoint = inference(
         tiny_spec(synthetic, tmp_path / "a", f"inference.checkpoint={checkpoint}")
     )
-    by_onnx = run_inference(
+    by_onnx = inference(
         tiny_spec(synthetic, tmp_path / "b", f"inference.checkpoint={outcome.onnx_file}")
     )
     np.testing.assert_allclose(
@@ -371,7 +371,7 @@ def test_a_third_party_graph_is_evaluated_with_the_spec_normalisation(synthetic,
         "dataset.val_batch_size=7",  # batches of 7 through a graph that takes 4
         extra={"dataset": normalisation},
     )
-    outcome = run_inference(spec)
+    outcome = inference(spec)
     paths = [e["img_path"] for e in json.loads(outcome.json_file.read_text())]
 
     def reference(pixel_mean, pixel_std):
@@ -396,4 +396,4 @@ def test_a_file_that_is_not_onnx_names_the_key(synthetic, tmp_path):
         evaluate(spec)
     missing = tiny_spec(synthetic, tmp_path, f"inference.checkpoint={tmp_path / 'nope.onnx'}")
     with pytest.raises(ReidnetError, match=r"does not exist: check inference\.checkpoint"):
-        run_inference(missing)
+        inference(missing)

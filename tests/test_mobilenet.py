@@ -19,15 +19,15 @@ import pytest
 import torch
 from torch import nn
 
+from reidnet.actions import export, train
 from reidnet.config import load_spec
+from reidnet.contracts import Architecture
 from reidnet.convert import convert
 from reidnet.data.market import read_records
 from reidnet.data.synthetic import generate_synthetic_dataset
 from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.actions import score_model
-from reidnet.engine.trainer import architecture_of, train
+from reidnet.engine.retrieval import score_model
 from reidnet.errors import ReidnetError
-from reidnet.export import run_export
 from reidnet.model import ReIdentificationNet, build_backbone
 from reidnet.model.backbone import load_trunk_weights, mobilenet_v2_current_keys
 
@@ -255,7 +255,7 @@ def test_real_imagenet_file_fills_the_trunk_and_beats_random_init_zero_shot(synt
             pretrain_choice=choice,
             pretrained_model_path=path,
         ).eval()
-        architecture = architecture_of(spec)
+        architecture = Architecture.from_spec(spec)
         metrics = score_model(model, architecture, query, gallery, spec, torch.device("cpu"))
         scores[choice] = metrics.metrics["mAP"]
     assert scores["imagenet"] > scores["none"] + 0.05, scores
@@ -270,7 +270,7 @@ def test_training_resumes_exactly(synthetic, tmp_path):
     resumed = train(tiny_spec(synthetic, tmp_path / "b"))
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     saved = ckpt.load_checkpoint(resumed.last_checkpoint)
-    assert saved["architecture"]["backbone"] == "mobilenet_v2"
+    assert Architecture.from_checkpoint(saved).backbone == "mobilenet_v2"
     for key in ("loss_id", "loss_triplet", "loss_total"):
         assert resumed.history[1][key] == pytest.approx(straight.history[1][key], rel=1e-5)
 
@@ -286,7 +286,7 @@ def _checkpoint(spec, path: Path, last_stride: int, feat_dim: int) -> Path:
         epoch=1,
         spec_dict=spec.model_dump(mode="json"),
         identity_keys=[f"id{i}" for i in range(5)],
-        architecture=architecture_of(spec),
+        architecture=Architecture.from_spec(spec),
     )
     return ckpt.atomic_torch_save({**header, "model": model.state_dict()}, path)
 
@@ -298,7 +298,7 @@ def test_export_passes_parity_and_convert_reads_the_graph_back(
     spec = tiny_spec(synthetic, tmp_path / "results")
     checkpoint = _checkpoint(spec, tmp_path / "model.pth", last_stride, feat_dim)
     spec.export.checkpoint = str(checkpoint)
-    outcome = run_export(spec)
+    outcome = export(spec)
     images = torch.randn(4, 3, 32, 16)
     original = ckpt.model_from_checkpoint(ckpt.load_checkpoint(checkpoint))
     with torch.no_grad():
@@ -308,8 +308,8 @@ def test_export_passes_parity_and_convert_reads_the_graph_back(
     np.testing.assert_allclose(exported, expected, rtol=1e-3, atol=1e-4)
 
     target, architecture = convert(outcome.onnx_file, tmp_path / "converted.pth", spec)
-    assert architecture["backbone"] == "mobilenet_v2"
-    assert (architecture["last_stride"], architecture["feat_dim"]) == (last_stride, feat_dim)
+    assert architecture.backbone == "mobilenet_v2"
+    assert (architecture.last_stride, architecture.feat_dim) == (last_stride, feat_dim)
     converted = ckpt.model_from_checkpoint(ckpt.load_checkpoint(target))
     with torch.no_grad():
         np.testing.assert_allclose(converted(images).numpy(), expected, rtol=1e-3, atol=1e-4)

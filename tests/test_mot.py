@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from reidnet.actions import evaluate, train
 from reidnet.cli import app
 from reidnet.config import load_spec
 from reidnet.data.market import parse_market_name
@@ -34,8 +35,6 @@ from reidnet.data.mot import (
     spread,
     thin_track,
 )
-from reidnet.engine.actions import evaluate
-from reidnet.engine.trainer import train
 from reidnet.errors import ReidnetError
 
 runner = CliRunner()

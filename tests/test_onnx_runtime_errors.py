@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from reidnet.engine.onnx_backend import OnnxBackend
 from reidnet.errors import ReidnetError
-from reidnet.export.runtime import OnnxReidModel
 
 
 def _save(graph: onnx.GraphProto, path, check: bool = True) -> str:
@@ -61,13 +61,13 @@ def images(count: int) -> np.ndarray:
 
 
 def test_a_valid_graph_gives_the_channel_means(tmp_path):
-    features = OnnxReidModel(pooled_graph(tmp_path / "ok.onnx")).run(images(2))
+    features = OnnxBackend(pooled_graph(tmp_path / "ok.onnx")).run(images(2))
     # Channel c of image n holds 24n + 8c + 0..7: its mean is 24n + 8c + 3.5.
     np.testing.assert_allclose(features, [[3.5, 11.5, 19.5], [27.5, 35.5, 43.5]])
 
 
 def test_a_graph_failing_at_run_time_is_a_clear_error(tmp_path):
-    model = OnnxReidModel(fixed_reshape_graph(tmp_path / "fixed.onnx"))
+    model = OnnxBackend(fixed_reshape_graph(tmp_path / "fixed.onnx"))
     assert model.run(images(2)).shape == (2, 24)
     with pytest.raises(ReidnetError) as caught:
         model.run(images(3))
@@ -78,7 +78,7 @@ def test_a_graph_failing_at_run_time_is_a_clear_error(tmp_path):
 
 def test_an_image_shaped_output_is_refused_when_the_graph_loads(tmp_path):
     with pytest.raises(ReidnetError, match=r"must output embeddings \[N, D\].*\['N', 3, 4, 2\]"):
-        OnnxReidModel(image_output_graph(tmp_path / "images.onnx"))
+        OnnxBackend(image_output_graph(tmp_path / "images.onnx"))
 
 
 def test_a_declared_shape_the_graph_does_not_keep_is_caught_at_run_time(tmp_path):
@@ -91,6 +91,6 @@ def test_a_declared_shape_the_graph_does_not_keep_is_caught_at_run_time(tmp_path
         [helper.make_tensor_value_info("fc_pred", TensorProto.FLOAT, ["N", 24])],
         [shape],
     )
-    model = OnnxReidModel(_save(graph, tmp_path / "lying.onnx", check=False))
+    model = OnnxBackend(_save(graph, tmp_path / "lying.onnx", check=False))
     with pytest.raises(ReidnetError, match=r"of shape \[2, 3, 8\] for 2 images"):
         model.run(images(2))

@@ -19,6 +19,7 @@ from torch import nn
 
 from imagefiles import write_image
 from reidnet.config import load_spec
+from reidnet.contracts import Architecture
 from reidnet.convert import convert
 from reidnet.embedder import Embedder
 from reidnet.engine import checkpoint as ckpt
@@ -187,10 +188,10 @@ def tao_model(request, tmp_path_factory):
 def test_tao_checkpoint_embeds_as_tao(tao_model, tmp_path):
     spec = _tao_spec(tmp_path)
     checkpoint = ckpt.load_checkpoint(tao_model["pth"], "evaluate.checkpoint", spec)
-    architecture = checkpoint["architecture"]
-    assert architecture["network"] == "tao"
-    assert architecture["backbone"] == tao_model["backbone"]
-    assert architecture["feat_dim"] == tao_model["feat_dim"]
+    architecture = Architecture.from_checkpoint(checkpoint)
+    assert architecture.network == "tao"
+    assert architecture.backbone == tao_model["backbone"]
+    assert architecture.feat_dim == tao_model["feat_dim"]
     assert checkpoint["num_classes"] == 7
     _assert_same(_reidnet_embeddings(checkpoint, _images()), tao_model["reference"])
 
@@ -215,21 +216,21 @@ def test_convert_onnx_embeds_as_tao(tao_model, tmp_path, fold):
     # Folding removes every trunk BatchNormalization; the BNNeck (after pooling) stays.
     assert ops.count("BatchNormalization") == (1 if fold else ops.count("Conv"))
     target, architecture = convert(onnx_file, tmp_path / "converted.pth", _tao_spec(tmp_path))
-    assert architecture["network"] == "tao"
-    assert architecture["feat_dim"] == tao_model["feat_dim"]
-    assert architecture["last_stride"] == 1
-    assert (architecture["input_height"], architecture["input_width"]) == (HEIGHT, WIDTH)
+    assert architecture.network == "tao"
+    assert architecture.feat_dim == tao_model["feat_dim"]
+    assert architecture.last_stride == 1
+    assert architecture.input_size == (HEIGHT, WIDTH)
     checkpoint = ckpt.load_checkpoint(target)
     _assert_same(_reidnet_embeddings(checkpoint, _images()), tao_model["reference"])
 
 
 def test_tao_checkpoint_exports_and_embedder_reads_it(tao_model, tmp_path):
     """A TAO .pth through `reidnet export` (parity-checked) and the Embedder, both as TAO."""
-    from reidnet.export import run_export
+    from reidnet.actions import export
 
     spec = _tao_spec(tmp_path)
     spec.export.checkpoint = str(tao_model["pth"])
-    outcome = run_export(spec)
+    outcome = export(spec)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(outcome.onnx_file))
@@ -341,8 +342,9 @@ def test_convert_refuses_existing_target_and_non_reid_graph(tmp_path):
 
 def test_evaluate_inference_and_embedder_embed_in_fp32_unless_asked(tao_model, tmp_path):
     """bf16 autocast is opt-in (`evaluate.amp`, `inference.amp`, `Embedder(amp=True)`)."""
+    from reidnet.actions import action_backend
     from reidnet.engine import embed
-    from reidnet.engine.actions import feature_source
+    from reidnet.engine.retrieval import embed_for_spec
 
     seen = []
     real = embed.autocast_for
@@ -353,15 +355,14 @@ def test_evaluate_inference_and_embedder_embed_in_fp32_unless_asked(tao_model, t
 
     spec = _tao_spec(tmp_path)
     spec.evaluate.checkpoint = str(tao_model["pth"])
-    source = feature_source(spec, "evaluate", device="cpu")
+    backend = action_backend(spec, "evaluate", device="cpu")
     image = write_image(tmp_path / "0001_c1s1_000001_00.jpg", size=(HEIGHT, WIDTH))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("reidnet.engine.embed.autocast_for", recording)
-        patch.setattr("reidnet.embedder.autocast_for", recording)
-        source.embed([image], spec)
+        embed_for_spec(backend, [image], spec)
         spec.inference.checkpoint = str(tao_model["pth"])
         spec.inference.amp = True
-        feature_source(spec, "inference", device="cpu").embed([image], spec)
+        embed_for_spec(action_backend(spec, "inference", device="cpu"), [image], spec)
         Embedder.from_file(tao_model["pth"], device="cpu").embed([image])
         Embedder.from_file(tao_model["pth"], device="cpu", amp=True).embed([image])
     assert seen == [False, True, False, True]

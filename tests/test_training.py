@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from reidnet.actions import evaluate, inference, train
 from reidnet.config import load_spec
+from reidnet.contracts import Architecture, TrainingStatus
 from reidnet.data.market import read_records
 from reidnet.data.synthetic import generate_synthetic_dataset
 from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.actions import evaluate, run_inference, score_model
-from reidnet.engine.trainer import TrainingRun, architecture_of, train
+from reidnet.engine.retrieval import score_model
+from reidnet.engine.trainer import TrainingRun
 from reidnet.errors import ReidnetError
 
 TINY = {
@@ -75,7 +77,12 @@ def test_training_beats_the_untrained_model_and_writes_its_outputs(synthetic, tm
     )
     run = TrainingRun(spec)
     untrained = score_model(
-        run.model, architecture_of(spec), run.query_records, run.gallery_records, spec, run.device
+        run.model,
+        Architecture.from_spec(spec),
+        run.query_records,
+        run.gallery_records,
+        spec,
+        run.device,
     ).metrics
     result = run.fit()
     trained = result.final_metrics
@@ -99,8 +106,11 @@ def test_training_beats_the_untrained_model_and_writes_its_outputs(synthetic, tm
     assert [line["epoch"] for line in lines] == list(range(1, 9))
     assert {"loss_id", "loss_triplet", "loss_total", "lr", "train_accuracy"} <= set(lines[0])
     assert "validation" in lines[3] and "validation" not in lines[2]
-    status = json.loads((out / "status.json").read_text())
-    assert (status["state"], status["epoch"]) == ("done", 8)
+    status = TrainingStatus.read(out / "status.json")  # the service's reading of it
+    assert (status.state, status.epoch, status.num_epochs, status.eta_seconds) == ("done", 8, 8, 0)
+    assert status.losses == {k[5:]: v for k, v in lines[-1].items() if k.startswith("loss_")}
+    assert status.lr == lines[-1]["lr"] and status.validation == lines[-1]["validation"]
+    assert status.checkpoint == str(out / "model_epoch_008.pth")
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((out / "tensorboard").iterdir())
 
@@ -173,7 +183,7 @@ def test_inference_writes_every_image_not_only_the_last_batch(synthetic, tmp_pat
         f"inference.checkpoint={result.last_checkpoint}",
         "dataset.val_batch_size=7",
     )
-    outcome = run_inference(spec)
+    outcome = inference(spec)
     entries = json.loads(outcome.json_file.read_text())
     expected = sorted(p.name for p in (synthetic / "query").iterdir()) + sorted(
         p.name for p in (synthetic / "bounding_box_test").iterdir()
@@ -193,11 +203,11 @@ def test_inference_on_any_folder_of_crops(synthetic, tmp_path):
     for i, path in enumerate(sorted((synthetic / "query").iterdir())[:3]):
         shutil.copy(path, crops / f"crop_{i}.jpg")
     spec = tiny_spec(synthetic, tmp_path / "r", f"inference.checkpoint={result.last_checkpoint}")
-    before = run_inference(spec).count  # every query and gallery image
+    before = inference(spec).count  # every query and gallery image
     with pytest.raises(ReidnetError, match=r"inference would overwrite .*result\.json.*--force"):
-        run_inference(spec, input_dir=crops)  # used to replace the full result without a word
+        inference(spec, input_dir=crops)  # used to replace the full result without a word
     assert len(json.loads((tmp_path / "r/inference/result.json").read_text())) == before
-    outcome = run_inference(spec, input_dir=crops, force=True)
+    outcome = inference(spec, input_dir=crops, force=True)
     assert outcome.count == 3
 
 
@@ -270,8 +280,8 @@ def test_default_specs_evaluate_any_checkpoint_which_is_the_truth_for_the_model(
     """The TAO flow: `default-specs` writes every key (model.backbone resnet_50, 256x128, no data
     folders); evaluate, inference and export of a resnet_18 checkpoint still run, with the
     checkpoint's network and data, and one warning per disagreeing value."""
+    from reidnet.actions import export
     from reidnet.config import write_default_specs
-    from reidnet.export import run_export
 
     result = train(tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=1"))
     direct = evaluate(
@@ -288,15 +298,13 @@ def test_default_specs_evaluate_any_checkpoint_which_is_the_truth_for_the_model(
     assert "trained with 'resnet_18': using 'resnet_18'" in warned
     assert "model.input_height is 256 in the spec" in warned
     assert "from the spec stored in the checkpoint" in warned
-    inferred = run_inference(
+    inferred = inference(
         load_spec(specs["inference"], [f"inference.checkpoint={result.last_checkpoint}"])
     )
     assert inferred.count == len(read_records(synthetic / "query")) + len(
         read_records(synthetic / "bounding_box_test")
     )
-    exported = run_export(
-        load_spec(specs["export"], [f"export.checkpoint={result.last_checkpoint}"])
-    )
+    exported = export(load_spec(specs["export"], [f"export.checkpoint={result.last_checkpoint}"]))
     assert exported.metadata["backbone"] == "resnet_18"
 
 

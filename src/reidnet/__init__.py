@@ -1,18 +1,26 @@
 """reidnet: person and object re-identification, from data to deployment.
 
-Importing the package stays light: heavy modules (torch models, plots, the REST service) are
-imported by the functions that need them.
+    reidnet.train(spec); reidnet.evaluate(spec); reidnet.inference(spec); reidnet.export(spec)
+    reidnet.Embedder.from_file("reid_model.onnx").embed(["a.jpg"])
+
+Importing the package stays light: the actions and the Embedder (torch, onnxruntime) are
+imported on first use, not at `import reidnet`.
 """
 
 __version__ = "0.1.0"
 
 from reidnet.errors import ReidnetError
 
-__all__ = ["Embedder", "ReidnetError", "__version__"]
+_ACTIONS = ("train", "evaluate", "inference", "export")  # reidnet.actions, as the CLI names them
+
+__all__ = ["Embedder", "ReidnetError", "__version__", *_ACTIONS]
 
 
 def __getattr__(name: str):
-    # `reidnet.Embedder` imports torch and onnxruntime on first use, not at `import reidnet`.
+    if name in _ACTIONS:
+        from reidnet import actions
+
+        return getattr(actions, name)
     if name == "Embedder":
         from reidnet.embedder import Embedder
 

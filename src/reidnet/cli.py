@@ -152,7 +152,7 @@ def spec_schema() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Actions: train, evaluate, inference
+# The four actions, each a shell over its function in reidnet.actions (the service runs these)
 
 
 @app.command("train")
@@ -163,9 +163,9 @@ def train_command(spec: SpecOption, overrides: Overrides = None) -> None:
     torchrun (`torchrun --nproc_per_node N [--nnodes M ...] -m reidnet train -e SPEC`) every
     process trains its share with DDP and rank 0 writes the outputs.
     """
+    from reidnet.actions import train
     from reidnet.config import load_spec
     from reidnet.engine import distributed
-    from reidnet.engine.trainer import train
 
     loaded = load_spec(spec, overrides or [])
     command = distributed.torchrun_relaunch(
@@ -198,8 +198,8 @@ def evaluate_command(
     spec: SpecOption, overrides: EvaluateOverrides = None, force: ForceFlag = False
 ) -> None:
     """mAP, rank-1/5/10, mINP of evaluate.checkpoint or .onnx_file on query/gallery, plus plots."""
+    from reidnet.actions import evaluate
     from reidnet.config import load_spec
-    from reidnet.engine.actions import evaluate
 
     outcome = evaluate(load_spec(spec, overrides or []), force=force)
     _print_metrics(outcome.metrics, "evaluation")
@@ -218,10 +218,10 @@ def inference_command(
     force: ForceFlag = False,
 ) -> None:
     """Embeddings of every query and gallery image (or of --input) as JSON, .npy and CSV."""
+    from reidnet.actions import inference
     from reidnet.config import load_spec
-    from reidnet.engine.actions import run_inference
 
-    outcome = run_inference(load_spec(spec, overrides or []), input_dir=input_dir, force=force)
+    outcome = inference(load_spec(spec, overrides or []), input_dir=input_dir, force=force)
     console.print(
         f"{outcome.count} embeddings: {outcome.json_file}, {outcome.npy_file}, {outcome.index_file}"
     )
@@ -236,10 +236,10 @@ def export_command(
     ] = False,
 ) -> None:
     """ONNX model of export.checkpoint (parity-checked) plus DeepStream and TensorRT files."""
+    from reidnet.actions import export
     from reidnet.config import load_spec
-    from reidnet.export import run_export
 
-    outcome = run_export(load_spec(spec, overrides or []), force=force)
+    outcome = export(load_spec(spec, overrides or []), force=force)
     lines = [f"parity: {outcome.parity.describe()}", f"onnx: {outcome.onnx_file}"]
     lines += [f"{name}: {path}" for name, path in outcome.deployment_files.items()]
     for line in lines:  # soft-wrapped: paths stay whole for copy and paste
@@ -269,7 +269,7 @@ def convert_command(
     from reidnet.convert import convert
 
     written, architecture = convert(source, target, load_spec(spec, overrides or []), force=force)
-    described = ", ".join(f"{key} {value}" for key, value in architecture.items())
+    described = ", ".join(f"{key} {value}" for key, value in architecture.to_dict().items())
     console.print(f"architecture: {described}", highlight=False, soft_wrap=True)
     console.print(f"checkpoint: {written}", highlight=False, soft_wrap=True)
 

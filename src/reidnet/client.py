@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from reidnet.contracts import METRICS_FILE, job_file
 from reidnet.errors import ReidnetError
 
 FINISHED = ("Done", "Error", "Canceled")
@@ -245,7 +246,7 @@ class Client:
     def metrics(self, experiment_id: str, job_id: str) -> list[dict[str, Any]]:
         """A train job's per-epoch records (losses, lr, validation) so far."""
         path = self._job_path(experiment_id, job_id) + ":download"
-        response = self._http.get(path, params={"file": "train/metrics.jsonl"})
+        response = self._http.get(path, params={"file": job_file("train", METRICS_FILE)})
         if response.status_code == 404:
             return []
         _raise_for_status(response, "GET", path)

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from reidnet.contracts import action_dir
 from reidnet.errors import ReidnetError
 
 logger = logging.getLogger(__name__)
@@ -437,7 +438,7 @@ class ExperimentSpec(_Section):
                 f"no results directory: set results_dir (or {action}.results_dir) in the spec "
                 "or on the command line, e.g. results_dir=/path/to/results"
             )
-        return Path(self.results_dir) / action
+        return action_dir(self.results_dir, action)
 
 
 _SWIN_ONLY = "is read only by TAO's transformer ReID variant: it has no effect in reidnet"

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reidnet.contracts import Architecture
 from reidnet.errors import ReidnetError
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class _Conv:
 
 def convert(
     source: str | Path, target: str | Path, spec, force: bool = False
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, Architecture]:
     """Write the reidnet checkpoint of `source` (TAO .pth/.tlt/.ckpt, or .onnx) to `target`."""
     from reidnet.engine.checkpoint import atomic_torch_save, load_checkpoint
 
@@ -75,7 +76,7 @@ def convert(
         checkpoint = load_checkpoint(source, "convert SOURCE", spec)
     _check_loads(checkpoint)
     atomic_torch_save(checkpoint, target)
-    return target, checkpoint["architecture"]
+    return target, Architecture.from_checkpoint(checkpoint, source)
 
 
 def _check_loads(checkpoint: dict[str, Any]) -> None:
@@ -139,19 +140,19 @@ def checkpoint_from_onnx(path: Path, spec) -> dict[str, Any]:
             state[f"bnneck.{ours}"] = torch.from_numpy(neck[theirs].copy())
         state["bnneck.running_mean"] = torch.from_numpy(neck["mean"].copy())
         state["bnneck.running_var"] = torch.from_numpy(neck["var"] + neck["epsilon"] - _BN_EPS)
-    architecture = {
-        "backbone": backbone,
-        "network": network,
-        "feat_dim": feat_dim,
-        "last_stride": int(last_stride),
-        "neck": "bnneck",
-        "neck_feat": "after" if neck is not None else "before",
-        "with_flip_feature": False,
-        "input_height": height,
-        "input_width": width,
-        "pixel_mean": mean,
-        "pixel_std": std,
-    }
+    architecture = Architecture(
+        backbone=backbone,
+        network=network,
+        feat_dim=feat_dim,
+        last_stride=int(last_stride),
+        neck="bnneck",
+        neck_feat="after" if neck is not None else "before",
+        with_flip_feature=False,
+        input_height=height,
+        input_width=width,
+        pixel_mean=tuple(float(v) for v in mean),
+        pixel_std=tuple(float(v) for v in std),
+    )
     header = checkpoint_header(
         epoch=0, spec_dict=spec.model_dump(mode="json"), identity_keys=[], architecture=architecture
     )

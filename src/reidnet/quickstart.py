@@ -50,11 +50,13 @@ def run_quickstart(
     overrides: list[str] | tuple[str, ...] = (),
     device: str | None = None,
 ) -> QuickstartSummary:
+    from reidnet.actions import evaluate, inference
+    from reidnet.contracts import METRICS_FILE, Architecture
     from reidnet.data.market import read_records
     from reidnet.data.synthetic import generate_synthetic_dataset
-    from reidnet.engine.actions import evaluate, run_inference, score_model
     from reidnet.engine.embed import resolve_device
-    from reidnet.engine.trainer import TrainingRun, architecture_of
+    from reidnet.engine.retrieval import score_model
+    from reidnet.engine.trainer import TrainingRun
 
     out_dir = Path(out_dir)
     spec = quickstart_spec(out_dir, overrides)
@@ -77,7 +79,7 @@ def run_quickstart(
     query = read_records(spec.dataset.query_dataset_dir)
     gallery = read_records(spec.dataset.test_dataset_dir)
     untrained = score_model(
-        run.model, architecture_of(spec), query, gallery, spec, resolve_device(device)
+        run.model, Architecture.from_spec(spec), query, gallery, spec, resolve_device(device)
     ).metrics
     seconds["untrained evaluation"] = time.perf_counter() - clock
 
@@ -92,12 +94,12 @@ def run_quickstart(
     spec.evaluate.checkpoint = str(result.last_checkpoint)
     spec.inference.checkpoint = str(result.last_checkpoint)
     evaluation = evaluate(spec, device)
-    embeddings = run_inference(spec, device)
+    embeddings = inference(spec, device)
     seconds["evaluation + inference"] = time.perf_counter() - clock
     paths = {
         "dataset": data_dir,
         "checkpoint": result.last_checkpoint,
-        "metrics (per epoch)": result.results_dir / "metrics.jsonl",
+        "metrics (per epoch)": result.results_dir / METRICS_FILE,
         "tensorboard": result.results_dir / "tensorboard",
         "evaluation results": evaluation.results_file,
         **{name.replace("_", " ") + " plot": path for name, path in evaluation.plots.items()},

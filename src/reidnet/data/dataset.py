@@ -15,7 +15,8 @@ class ImageDataset(Dataset):
     """Images read from `paths`, transformed; items are `(image, target)`.
 
     The target is the class label when `labels` is given (training), else the item's index
-    (feature extraction keeps its own record list).
+    (feature extraction keeps its own record list). `read` turns an item into an RGB image: by
+    default items are file paths (the `Embedder` also passes in-memory images).
     """
 
     def __init__(
@@ -23,15 +24,17 @@ class ImageDataset(Dataset):
         paths: Sequence[str | Path],
         transform: Callable,
         labels: Sequence[int] | None = None,
+        read: Callable = read_image_rgb,
     ) -> None:
         self.paths = list(paths)
         self.transform = transform
         self.labels = list(labels) if labels is not None else None
+        self.read = read
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.transform(read_image_rgb(self.paths[index]))
+        image = self.transform(self.read(self.paths[index]))
         target = self.labels[index] if self.labels is not None else index
         return image, target

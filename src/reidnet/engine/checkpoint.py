@@ -17,23 +17,13 @@ from typing import Any
 import torch
 
 from reidnet import __version__
+from reidnet.contracts import ARCHITECTURE_FIELDS, Architecture
 from reidnet.errors import ReidnetError
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "reidnet-checkpoint"
 FORMAT_VERSION = 1
-LATEST_NAME = "reid_model_latest.pth"
-BEST_NAME = "reid_model_best.pth"
-
-# The fields of `model` a checkpoint fixes; a spec that sets one differently is warned about.
-ARCHITECTURE_FIELDS = ("backbone", "network", "feat_dim", "last_stride", "neck", "neck_feat")
-# What checkpoints written before a field existed were trained with.
-ARCHITECTURE_DEFAULTS = {"network": "torchvision"}
-
-
-def epoch_checkpoint_name(epoch: int) -> str:
-    return f"model_epoch_{epoch:03d}.pth"
 
 
 def atomic_torch_save(payload: Any, path: str | Path) -> Path:
@@ -115,9 +105,8 @@ def load_checkpoint(
             "`reidnet convert` of an ONNX model"
         ) from None
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        architecture = payload["architecture"]
-        for field, default in ARCHITECTURE_DEFAULTS.items():
-            architecture.setdefault(field, default)
+        # Checked here, so every later reader may trust it; older files gain their defaults.
+        payload["architecture"] = Architecture.from_checkpoint(payload, path).to_dict()
         return payload
     from reidnet.model.tao import checkpoint_from_tao, refuse_encrypted
 
@@ -150,18 +139,18 @@ def _first_line(error: BaseException) -> str:
 def report_spec_disagreements(checkpoint: dict[str, Any], spec, path: str | Path) -> None:
     """The checkpoint is the truth for the model: for each value the spec sets explicitly that
     the checkpoint was not trained with, one warning naming both (the checkpoint's is used)."""
-    architecture = checkpoint["architecture"]
+    architecture = Architecture.from_checkpoint(checkpoint, path)
     sections = {"model": spec.model, "dataset": spec.dataset}
     fields = [("model", field) for field in ARCHITECTURE_FIELDS]
     fields += [("model", "input_height"), ("model", "input_width")]
     fields += [("dataset", "pixel_mean"), ("dataset", "pixel_std")]
     for section, field in fields:
-        if field == "backbone" and architecture["network"] == "tao":
+        if field == "backbone" and architecture.network == "tao":
             continue  # TAO's resnet_34 and resnet_50 are one network: either name is right
         config = sections[section]
-        if field not in config.model_fields_set or field not in architecture:
+        if field not in config.model_fields_set:
             continue
-        stated, trained = getattr(config, field), architecture[field]
+        stated, trained = getattr(config, field), getattr(architecture, field)
         if isinstance(stated, (list, tuple)):
             stated, trained = [float(v) for v in stated], [float(v) for v in trained]
         if stated != trained:
@@ -204,7 +193,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def checkpoint_header(
-    *, epoch: int, spec_dict: dict, identity_keys: list[str], architecture: dict
+    *, epoch: int, spec_dict: dict, identity_keys: list[str], architecture: Architecture
 ) -> dict[str, Any]:
     """The metadata part of a checkpoint; the trainer adds weights and optimizer states."""
     return {
@@ -215,7 +204,7 @@ def checkpoint_header(
         "spec": spec_dict,
         "identity_keys": list(identity_keys),
         "num_classes": len(identity_keys),
-        "architecture": architecture,
+        "architecture": architecture.to_dict(),
     }
 
 
@@ -223,17 +212,17 @@ def model_from_checkpoint(checkpoint: dict[str, Any], device: torch.device | Non
     """Rebuild the network a checkpoint was trained as and load its weights (eval mode)."""
     from reidnet.model import ReIdentificationNet
 
-    architecture = checkpoint["architecture"]
+    architecture = Architecture.from_checkpoint(checkpoint)
     model = ReIdentificationNet(
-        architecture["backbone"],
+        architecture.backbone,
         num_classes=checkpoint["num_classes"],
-        last_stride=architecture["last_stride"],
-        feat_dim=architecture["feat_dim"],
-        neck=architecture["neck"],
-        neck_feat=architecture["neck_feat"],
-        with_flip_feature=architecture["with_flip_feature"],
+        last_stride=architecture.last_stride,
+        feat_dim=architecture.feat_dim,
+        neck=architecture.neck,
+        neck_feat=architecture.neck_feat,
+        with_flip_feature=architecture.with_flip_feature,
         pretrain_choice="none",
-        network=architecture.get("network", "torchvision"),
+        network=architecture.network,
     )
     result = model.load_state_dict(checkpoint["model"], strict=False)
     # Only BatchNorm step counters may be absent (older files, converted graphs); anything else
@@ -241,7 +230,8 @@ def model_from_checkpoint(checkpoint: dict[str, Any], device: torch.device | Non
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         raise ReidnetError(
-            f"the checkpoint's weights do not fit its recorded architecture ({architecture}): "
+            f"the checkpoint's weights do not fit its recorded architecture "
+            f"({architecture.to_dict()}): "
             f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}; the file is "
             "damaged or was edited"
         )

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from reidnet.config import ExperimentSpec
+from reidnet.contracts import Architecture
 from reidnet.data.market import ImageRecord
+from reidnet.engine.embed import Backend, TorchBackend, embed_images
 
 
 @dataclass
@@ -64,6 +66,41 @@ def score_retrieval(
     metrics["re_ranking"] = ranking.re_ranking
     metrics["ap"] = spec.evaluate.ap
     return RetrievalScore(metrics, distmat, np.asarray(result.cmc), ranking.re_ranking)
+
+
+def embed_for_spec(backend: Backend, paths: list, spec: ExperimentSpec) -> torch.Tensor:
+    """Raw features [N, D] of `paths`, batched and read as the spec's dataset section says."""
+    return embed_images(
+        backend,
+        paths,
+        batch_size=spec.dataset.val_batch_size,
+        num_workers=spec.dataset.num_workers,
+    )
+
+
+def score_backend(
+    backend: Backend,
+    query_records: list[ImageRecord],
+    gallery_records: list[ImageRecord],
+    spec: ExperimentSpec,
+) -> RetrievalScore:
+    """Retrieval metrics of a backend (a model file's, or a network in memory) on query/gallery."""
+    features = embed_for_spec(backend, [r.path for r in query_records + gallery_records], spec)
+    count = len(query_records)
+    return score_retrieval(features[:count], features[count:], query_records, gallery_records, spec)
+
+
+def score_model(
+    model: torch.nn.Module,
+    architecture: Architecture,
+    query_records: list[ImageRecord],
+    gallery_records: list[ImageRecord],
+    spec: ExperimentSpec,
+    device: torch.device,
+) -> RetrievalScore:
+    """Retrieval metrics of a network in memory (trained or not), fed as `architecture` says."""
+    backend = TorchBackend.for_model(model, architecture, device)
+    return score_backend(backend, query_records, gallery_records, spec)
 
 
 def _as_numpy(matrix) -> np.ndarray:

@@ -32,6 +32,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from reidnet.config import ExperimentSpec
+from reidnet.contracts import (
+    ARCHITECTURE_FIELDS,
+    BEST_CHECKPOINT,
+    LATEST_CHECKPOINT,
+    METRICS_FILE,
+    STATUS_FILE,
+    Architecture,
+    TrainingStatus,
+    epoch_checkpoint_name,
+    epoch_checkpoints,
+)
 from reidnet.data import gpu
 from reidnet.data.dataset import ImageDataset
 from reidnet.data.market import ImageRecord, build_train_set, read_records
@@ -92,23 +103,6 @@ def train(spec: ExperimentSpec, device: str | torch.device | None = None) -> Tra
         return run.fit()
     finally:
         run.close()
-
-
-def architecture_of(spec: ExperimentSpec) -> dict[str, Any]:
-    model, data = spec.model, spec.dataset
-    return {
-        "backbone": model.backbone,
-        "network": model.network,
-        "feat_dim": model.feat_dim,
-        "last_stride": model.last_stride,
-        "neck": model.neck,
-        "neck_feat": model.neck_feat,
-        "with_flip_feature": model.with_flip_feature,
-        "input_height": model.input_height,
-        "input_width": model.input_width,
-        "pixel_mean": list(data.pixel_mean),
-        "pixel_std": list(data.pixel_std),
-    }
 
 
 def seed_everything(seed: int) -> None:
@@ -223,7 +217,7 @@ class TrainingRun:
         explicit = self.spec.train.resume_training_checkpoint_path
         if explicit:
             return Path(explicit)
-        latest = self.results_dir / ckpt.LATEST_NAME
+        latest = self.results_dir / LATEST_CHECKPOINT
         return latest if latest.is_file() else None
 
     def _build_model_and_losses(self) -> None:
@@ -329,12 +323,13 @@ class TrainingRun:
         return read_records(data.query_dataset_dir), read_records(data.test_dataset_dir)
 
     def _restore(self, previous: dict[str, Any], path: Path) -> None:
-        architecture = architecture_of(self.spec)
-        for key in ckpt.ARCHITECTURE_FIELDS:
-            if previous["architecture"][key] != architecture[key]:
+        trained = Architecture.from_checkpoint(previous, path).network_fields()
+        stated = Architecture.from_spec(self.spec).network_fields()
+        for key in ARCHITECTURE_FIELDS:
+            if trained[key] != stated[key]:
                 raise ReidnetError(
                     f"cannot resume from {path}: it was trained with model.{key}="
-                    f"{previous['architecture'][key]!r}, the spec says {architecture[key]!r}. "
+                    f"{trained[key]!r}, the spec says {stated[key]!r}. "
                     "Use a fresh results_dir to start a new run, or pretrain_choice self to "
                     "fine-tune from it."
                 )
@@ -723,17 +718,17 @@ class TrainingRun:
     def _save(self, epoch: int, step_in_epoch: int = 0, path: Path | None = None) -> Path:
         """Write a checkpoint (rank 0 only); every rank returns its path. With `path`, write
         only that file (the best checkpoint between checkpoint epochs)."""
-        latest = self.results_dir / ckpt.LATEST_NAME
+        latest = self.results_dir / LATEST_CHECKPOINT
         target = path
         if path is None:
-            path = latest if step_in_epoch else self.results_dir / ckpt.epoch_checkpoint_name(epoch)
+            path = latest if step_in_epoch else self.results_dir / epoch_checkpoint_name(epoch)
         if not self.dist.is_main:
             return path
         payload = ckpt.checkpoint_header(
             epoch=epoch,
             spec_dict=self.spec.model_dump(mode="json"),
             identity_keys=self.train_set.identity_keys,
-            architecture=architecture_of(self.spec),
+            architecture=Architecture.from_spec(self.spec),
         )
         payload.update(
             model=self.model.state_dict(),
@@ -761,7 +756,7 @@ class TrainingRun:
         keep = self.spec.train.keep_checkpoints
         if not keep or not self.dist.is_main:
             return
-        saved = sorted(self.results_dir.glob("model_epoch_[0-9][0-9][0-9]*.pth"))
+        saved = epoch_checkpoints(self.results_dir)
         for old in saved[:-keep]:
             old.unlink(missing_ok=True)
             logger.debug("removed %s (train.keep_checkpoints %d)", old, keep)
@@ -773,15 +768,15 @@ class TrainingRun:
         best = [h["validation"]["mAP"] for h in self.history[:-1] if h.get("validation")]
         if best and metrics["mAP"] <= max(best):
             return
-        target = self.results_dir / ckpt.BEST_NAME
-        if checkpoint is None or checkpoint.name != ckpt.epoch_checkpoint_name(epoch):
+        target = self.results_dir / BEST_CHECKPOINT
+        if checkpoint is None or checkpoint.name != epoch_checkpoint_name(epoch):
             checkpoint = self._save(epoch, step_in_epoch=0, path=target)
         else:
             ckpt.atomic_link(checkpoint, target)
         logger.info("best validation mAP %.4f at epoch %d: %s", metrics["mAP"], epoch, target)
 
     def _existing_latest(self) -> Path | None:
-        latest = self.results_dir / ckpt.LATEST_NAME
+        latest = self.results_dir / LATEST_CHECKPOINT
         return latest if latest.is_file() else None
 
     def _raise_interrupted(self, epoch: int, steps: int, path: Path) -> None:
@@ -823,7 +818,7 @@ class TrainingRun:
             v = record["validation"]
             line += f" | mAP={v['mAP']:.4f} rank-1={v['rank-1']:.4f}"
         logger.info(line)
-        with open(self.results_dir / "metrics.jsonl", "a") as stream:
+        with open(self.results_dir / METRICS_FILE, "a") as stream:
             stream.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
@@ -837,19 +832,15 @@ class TrainingRun:
     def _write_status(self, state: str, epoch: int, record: dict, checkpoint: Path | None):
         if not self.dist.is_main:
             return
-        total = self.spec.train.num_epochs
-        seconds = record.get("seconds", 0.0)
-        status = {
-            "state": state,
-            "epoch": epoch,
-            "num_epochs": total,
-            "latest": {k: v for k, v in record.items() if k != "validation"},
-            "validation": self.final_validation(),
-            "eta_seconds": seconds * max(0, total - epoch),
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "updated": time.time(),
-        }
-        ckpt.atomic_write_text(self.results_dir / "status.json", json.dumps(status, indent=2))
+        status = TrainingStatus.after_epoch(
+            state,
+            epoch,
+            self.spec.train.num_epochs,
+            record,
+            self.final_validation(),
+            checkpoint,
+        )
+        ckpt.atomic_write_text(self.results_dir / STATUS_FILE, status.to_json())
 
     def final_validation(self) -> dict[str, Any] | None:
         validated = [h["validation"] for h in self.history if h.get("validation")]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reidnet.contracts import LOSS_PREFIX, METRICS_FILE
 from reidnet.errors import ReidnetError
 from reidnet.evaluation.distance import ArrayLike
 
@@ -384,7 +385,7 @@ def read_training_records(results_dir: str | os.PathLike) -> tuple[Path, list[di
     A resumed run appends to metrics.jsonl; when an epoch was logged twice the last record wins.
     """
     folder = Path(results_dir)
-    candidates = [folder / "metrics.jsonl", folder / "train" / "metrics.jsonl"]
+    candidates = [folder / METRICS_FILE, folder / "train" / METRICS_FILE]
     metrics_file = next((c for c in candidates if c.is_file()), None)
     if metrics_file is None:
         raise ReidnetError(
@@ -422,9 +423,10 @@ def training_curves_figure(records: Sequence[dict], title: str | None = None):
     figure, (loss_axes, lr_axes, val_axes) = plt.subplots(
         3, 1, figsize=(7, 8), dpi=DPI, sharex=True
     )
-    loss_keys = sorted({key for record in records for key in record if key.startswith("loss_")})
+    loss_keys = sorted({key for record in records for key in record if key.startswith(LOSS_PREFIX)})
     for key in loss_keys:
-        loss_axes.plot(epochs, [r.get(key, np.nan) for r in records], marker=".", label=key[5:])
+        label = key.removeprefix(LOSS_PREFIX)
+        loss_axes.plot(epochs, [r.get(key, np.nan) for r in records], marker=".", label=label)
     loss_axes.set_ylabel("loss")
     if loss_keys:
         loss_axes.legend(fontsize=8)

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from reidnet.contracts import Architecture
+from reidnet.data.transforms import PIXEL_MEAN, PIXEL_STD
 from reidnet.errors import ReidnetError
 from reidnet.model.backbone import TAO_LAYERS
 
@@ -72,8 +74,15 @@ def tao_state_dict(content: object) -> dict[str, torch.Tensor] | None:
     return tensors
 
 
-def tao_architecture(state: Mapping[str, torch.Tensor], model_spec, path) -> dict[str, Any]:
-    """The architecture fields the weights fix (depth, feat_dim, neck), the rest from the spec."""
+def tao_architecture(
+    state: Mapping[str, torch.Tensor],
+    model_spec,
+    path,
+    pixel_mean: tuple[float, ...] = PIXEL_MEAN,
+    pixel_std: tuple[float, ...] = PIXEL_STD,
+) -> Architecture:
+    """The architecture fields the weights fix (depth, feat_dim, neck), the rest from the spec
+    (the normalisation: the dataset section's, which the model section does not hold)."""
     counts = [0, 0, 0, 0]
     for key in state:
         match = _BLOCK_KEY.match(key)
@@ -91,17 +100,19 @@ def tao_architecture(state: Mapping[str, torch.Tensor], model_spec, path) -> dic
     feature = state.get("base.feature.weight")
     feat_dim = int(feature.shape[0]) if feature is not None else 2048
     neck = "bnneck" if "bottleneck.weight" in state else "no"
-    return {
-        "backbone": backbone,
-        "network": "tao",
-        "feat_dim": feat_dim,
-        "last_stride": model_spec.last_stride,
-        "neck": neck,
-        "neck_feat": model_spec.neck_feat,
-        "with_flip_feature": model_spec.with_flip_feature,
-        "input_height": model_spec.input_height,
-        "input_width": model_spec.input_width,
-    }
+    return Architecture(
+        backbone=backbone,
+        network="tao",
+        feat_dim=feat_dim,
+        last_stride=model_spec.last_stride,
+        neck=neck,
+        neck_feat=model_spec.neck_feat,
+        with_flip_feature=model_spec.with_flip_feature,
+        input_height=model_spec.input_height,
+        input_width=model_spec.input_width,
+        pixel_mean=tuple(float(v) for v in pixel_mean),
+        pixel_std=tuple(float(v) for v in pixel_std),
+    )
 
 
 def reidnet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -125,9 +136,9 @@ def checkpoint_from_tao(content: Mapping, path: str | Path, spec) -> dict[str, A
     state = tao_state_dict(content)
     if state is None:
         return None
-    architecture = tao_architecture(state, spec.model, path)
-    architecture["pixel_mean"] = list(spec.dataset.pixel_mean)
-    architecture["pixel_std"] = list(spec.dataset.pixel_std)
+    architecture = tao_architecture(
+        state, spec.model, path, spec.dataset.pixel_mean, spec.dataset.pixel_std
+    )
     weights = reidnet_keys(state)
     classifier = weights.get("classifier.weight")
     num_classes = int(classifier.shape[0]) if classifier is not None else 0
@@ -141,13 +152,13 @@ def checkpoint_from_tao(content: Mapping, path: str | Path, spec) -> dict[str, A
         "%s is a TAO checkpoint: %s (TAO network), feat_dim %d, %d classes; last_stride %d, "
         "neck_feat %s and the %dx%d input come from the spec",
         path,
-        architecture["backbone"],
-        architecture["feat_dim"],
+        architecture.backbone,
+        architecture.feat_dim,
         num_classes,
-        architecture["last_stride"],
-        architecture["neck_feat"],
-        architecture["input_height"],
-        architecture["input_width"],
+        architecture.last_stride,
+        architecture.neck_feat,
+        architecture.input_height,
+        architecture.input_width,
     )
     return {**header, "model": weights, "source": {"format": "tao", "file": str(path)}}
 
@@ -169,7 +180,8 @@ def adopt_pretrained_architecture(model_spec, path: str | Path | None):
             return model_spec
     update = {}
     for field in ("network", "backbone", "feat_dim", "neck"):
-        if getattr(model_spec, field) == found[field]:
+        trained = getattr(found, field)
+        if getattr(model_spec, field) == trained:
             continue
         if field in model_spec.model_fields_set:
             logger.warning(
@@ -178,28 +190,22 @@ def adopt_pretrained_architecture(model_spec, path: str | Path | None):
                 getattr(model_spec, field),
                 origin,
                 path,
-                found[field],
-                found[field],
+                trained,
+                trained,
             )
-        update[field] = found[field]
+        update[field] = trained
     if update:
         logger.info("fine-tuning the network of %s: %s", path, update)
     return model_spec.model_copy(update=update)
 
 
-def _reidnet_architecture(path: str | Path) -> dict | None:
+def _reidnet_architecture(path: str | Path) -> Architecture | None:
     """The architecture a reidnet checkpoint records (`reidnet convert` writes one), or None for
     a plain state dict, whose architecture the spec must then give."""
     from reidnet.model.backbone import safe_numpy_globals
 
     with torch.serialization.safe_globals(safe_numpy_globals()):
         content = torch.load(path, map_location="cpu", weights_only=True)
-    architecture = content.get("architecture") if isinstance(content, dict) else None
-    if not isinstance(architecture, dict):
+    if not isinstance(content, dict) or "architecture" not in content:
         return None
-    found = {
-        field: architecture[field]
-        for field in ("network", "backbone", "feat_dim", "neck")
-        if field in architecture
-    }
-    return found if len(found) == 4 else None
+    return Architecture.from_checkpoint(content, path)

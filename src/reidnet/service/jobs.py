@@ -25,6 +25,14 @@ import yaml
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from reidnet.contracts import (
+    EVALUATION_FILE,
+    LATEST_CHECKPOINT,
+    STATUS_FILE,
+    TrainingStatus,
+    action_dir,
+    epoch_checkpoints,
+)
 from reidnet.errors import ReidnetError
 from reidnet.service import specs as job_specs
 from reidnet.service.db import (
@@ -50,13 +58,13 @@ from reidnet.service.executor import (
     Launch,
     executor_for,
 )
+from reidnet.service.schemas import JobProgress
 from reidnet.service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
 
 CHILD_ACTIONS = ("evaluate", "inference", "export")
 SPEC_FILE, LOG_FILE = "spec.yaml", "log.txt"
-LATEST_CHECKPOINT = "reid_model_latest.pth"  # reidnet.engine.checkpoint.LATEST_NAME (no torch)
 RESTARTED = (
     "server restarted while the job was running: its process was stopped; resume the job to "
     "continue from its latest checkpoint"
@@ -81,7 +89,7 @@ def train_checkpoint(train_dir: Path) -> Path | None:
     latest = train_dir / LATEST_CHECKPOINT
     if latest.is_file():
         return latest
-    epochs = sorted(train_dir.glob("model_epoch_*.pth"))
+    epochs = epoch_checkpoints(train_dir)
     return epochs[-1] if epochs else None
 
 
@@ -203,7 +211,7 @@ def _plan_data(session, settings, experiment: Experiment, action: str, paths) ->
 
 
 def _source_checkpoint(settings: ServiceSettings, source: Job, launching: bool) -> str:
-    train_dir = job_dir(settings, source.id) / "train"
+    train_dir = action_dir(job_dir(settings, source.id), "train")
     found = train_checkpoint(train_dir)
     if found is not None:
         return str(found)
@@ -225,24 +233,24 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def job_progress(folder: Path, action: str) -> dict[str, Any] | None:
-    """A train job's progress from the status.json the trainer writes after each epoch."""
-    if action != "train":
+def training_status(folder: Path) -> TrainingStatus | None:
+    """The status.json the trainer of a train job writes after each epoch (None before the
+    first, or when it is unreadable: a job view must not fail over it)."""
+    try:
+        return TrainingStatus.read(action_dir(folder, "train") / STATUS_FILE)
+    except ReidnetError as error:
+        logger.warning("%s", error)
         return None
-    status = _read_json(folder / "train" / "status.json")
-    if not isinstance(status, dict):
+
+
+def job_progress(folder: Path, action: str) -> JobProgress | None:
+    """A train job's progress from its status.json."""
+    status = training_status(folder) if action == "train" else None
+    if status is None:
         return None
-    latest = status.get("latest") or {}
-    return {
-        "epoch": status.get("epoch"),
-        "num_epochs": status.get("num_epochs"),
-        "losses": {k[5:]: v for k, v in latest.items() if k.startswith("loss_")},
-        "train_accuracy": latest.get("train_accuracy"),
-        "lr": latest.get("lr"),
-        "images_per_second": latest.get("images_per_second"),
-        "eta_seconds": status.get("eta_seconds"),
-        "validation": _metrics(status.get("validation")),
-    }
+    figures = status.progress().model_dump()
+    figures["validation"] = _metrics(figures["validation"])
+    return JobProgress(**figures)
 
 
 _METRIC_KEYS = ("mAP", "rank-1", "rank-5", "rank-10", "mINP", "num_valid_queries", "re_ranking")
@@ -257,18 +265,18 @@ def _metrics(values: Any) -> dict[str, Any] | None:
 def job_result(folder: Path, action: str) -> dict[str, Any] | None:
     """What a finished job produced: metrics for train/evaluate, the files of the others."""
     if action == "train":
-        status = _read_json(folder / "train" / "status.json") or {}
-        checkpoint = train_checkpoint(folder / "train")
-        if not status and checkpoint is None:
+        status = training_status(folder)
+        checkpoint = train_checkpoint(action_dir(folder, "train"))
+        if status is None and checkpoint is None:
             return None
         return {
-            "epochs_completed": status.get("epoch"),
+            "epochs_completed": status.epoch if status else None,
             "checkpoint": _relative(checkpoint, folder),
-            **(_metrics(status.get("validation")) or {}),
+            **(_metrics(status.validation if status else None) or {}),
         }
     if action == "evaluate":
-        return _metrics(_read_json(folder / "evaluate" / "results.json"))
-    outputs = folder / action
+        return _metrics(_read_json(action_dir(folder, "evaluate") / EVALUATION_FILE))
+    outputs = action_dir(folder, action)
     if not outputs.is_dir():
         return None
     return {"files": sorted(_relative(p, folder) for p in outputs.rglob("*") if p.is_file())}

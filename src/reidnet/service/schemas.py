@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from reidnet.contracts import TrainingProgress
 from reidnet.service.specs import check_json_value
 
 Action = Literal["train", "evaluate", "inference", "export"]
@@ -132,15 +133,9 @@ class JobCreated(BaseModel):
     id: str
 
 
-class JobProgress(BaseModel):
-    epoch: int | None = None
-    num_epochs: int | None = None
-    losses: dict[str, float] = Field(default_factory=dict)
-    train_accuracy: float | None = None
-    lr: float | None = None
-    images_per_second: float | None = None
-    eta_seconds: float | None = None
-    validation: dict[str, Any] | None = None
+class JobProgress(TrainingProgress):
+    """A train job's progress: the figures of the status.json its trainer writes (one model,
+    reidnet.contracts.TrainingProgress); validation keeps mAP, rank-1/5/10, mINP and counts."""
 
 
 class Job(BaseModel):

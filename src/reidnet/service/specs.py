@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reidnet.config import ExperimentSpec, default_spec_dict, shown, shown_key, validate_spec
+from reidnet.contracts import default_onnx_file
 from reidnet.errors import ReidnetError
 
 # Leaf names, and name endings, of path-valued spec keys. Matching by name keeps keys that later
@@ -215,7 +216,7 @@ def resolved_spec(action: str, user_specs: dict[str, Any], paths: JobPaths) -> d
     if action in ("evaluate", "inference", "export"):
         spec.setdefault(action, {})["checkpoint"] = paths.checkpoint
     if action == "export":
-        spec["export"]["onnx_file"] = str(paths.job_dir / "export" / "reid_model.onnx")
+        spec["export"]["onnx_file"] = str(default_onnx_file(paths.job_dir))
     return spec
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reidnet import __version__
-from reidnet.export.onnx import INPUT_NAME, OUTPUT_NAME
+from reidnet.contracts import INPUT_NAME, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -21,15 +21,13 @@ import torch
 from torch import nn
 
 from reidnet import __version__
+from reidnet.contracts import INPUT_NAME, METADATA_MARKER, OUTPUT_NAME, Architecture
 from reidnet.engine import checkpoint as ckpt
 from reidnet.errors import ReidnetError
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "fc_pred"
 BATCH_DIM = "batch"
 MIN_COSINE = 0.9999
 PARITY_BATCH = 8
-METADATA_MARKER = "reidnet_version"
 
 
 @dataclass(frozen=True)
@@ -56,21 +54,21 @@ class OnnxExport:
 
 def export_metadata(checkpoint: dict[str, Any]) -> dict[str, str]:
     """What a consumer of the ONNX file needs to feed it and read its output, as strings."""
-    architecture = checkpoint["architecture"]
+    architecture = Architecture.from_checkpoint(checkpoint)
     return {
         METADATA_MARKER: __version__,
-        "backbone": architecture["backbone"],
-        "network": architecture.get("network", "torchvision"),
-        "input_height": str(architecture["input_height"]),
-        "input_width": str(architecture["input_width"]),
+        "backbone": architecture.backbone,
+        "network": architecture.network,
+        "input_height": str(architecture.input_height),
+        "input_width": str(architecture.input_width),
         "color_order": "RGB",
-        "pixel_mean": json.dumps([float(v) for v in architecture["pixel_mean"]]),
-        "pixel_std": json.dumps([float(v) for v in architecture["pixel_std"]]),
+        "pixel_mean": json.dumps(list(architecture.pixel_mean)),
+        "pixel_std": json.dumps(list(architecture.pixel_std)),
         "preprocessing": "resize to input_height x input_width (no aspect-ratio padding), "
         "pixels / 255, then (x - pixel_mean) / pixel_std per channel",
-        "feat_dim": str(architecture["feat_dim"]),
-        "neck_feat": architecture["neck_feat"],
-        "with_flip_feature": json.dumps(bool(architecture["with_flip_feature"])),
+        "feat_dim": str(architecture.feat_dim),
+        "neck_feat": architecture.neck_feat,
+        "with_flip_feature": json.dumps(architecture.with_flip_feature),
         "l2_normalized": "false",
         "num_classes": str(checkpoint["num_classes"]),
     }
@@ -97,14 +95,14 @@ def export_checkpoint(
     onnx_file = Path(onnx_file)
     onnx_file.parent.mkdir(parents=True, exist_ok=True)
     model = ckpt.model_from_checkpoint(checkpoint, torch.device("cpu"))
-    architecture = checkpoint["architecture"]
-    size = (architecture["input_height"], architecture["input_width"])
+    architecture = Architecture.from_checkpoint(checkpoint)
+    size = architecture.input_size
     temporary = onnx_file.with_name(f".{onnx_file.name}.{os.getpid()}.tmp")
     metadata = export_metadata(checkpoint)
     try:
         write_graph(model, temporary, size, opset_version)
         _finish_graph(temporary, metadata)
-        images = parity_images(size, architecture["pixel_mean"], architecture["pixel_std"])
+        images = parity_images(size, architecture.pixel_mean, architecture.pixel_std)
         parity = check_parity(model, temporary, images)
         if parity.min_cosine < min_cosine:
             raise ReidnetError(

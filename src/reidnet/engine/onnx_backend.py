@@ -1,57 +1,27 @@
-"""The onnxruntime backend: any [N, 3, H, W] -> [N, D] re-identification graph as a feature
-extractor for evaluate, inference and the Embedder.
+"""The onnxruntime backend: any [N, 3, H, W] -> [N, D] re-identification graph as an embedding
+function for evaluate, inference and the Embedder (see reidnet.engine.embed).
 
 The graph's input and output are discovered, not assumed, so third-party ReID models run too.
-Preprocessing comes from reidnet's metadata when the graph carries it, else from the spec (or
-the caller): a graph's fixed input size always wins over the fallback's.
+Preprocessing comes from reidnet's metadata when the graph carries it, else from the fallback
+(the spec's, or reidnet's defaults): a graph's fixed input size always wins over the fallback's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from reidnet.data.dataset import ImageDataset
-from reidnet.data.transforms import PIXEL_MEAN, PIXEL_STD, Transform, build_eval_transform
-from reidnet.engine.embed import loader_workers
+from reidnet.contracts import METADATA_MARKER, OUTPUT_NAME
+from reidnet.engine.embed import DEFAULT_PREPROCESSING, Preprocessing
 from reidnet.errors import ReidnetError
-from reidnet.export.onnx import METADATA_MARKER, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a crop becomes the model's input: resize, scale to [0, 1], normalise (RGB)."""
-
-    height: int
-    width: int
-    pixel_mean: tuple[float, ...] = PIXEL_MEAN
-    pixel_std: tuple[float, ...] = PIXEL_STD
-    source: str = "defaults"
-
-    def transform(self) -> Transform:
-        return build_eval_transform(self.height, self.width, self.pixel_mean, self.pixel_std)
-
-
-def spec_preprocessing(spec) -> Preprocessing:
-    """The fallback for graphs without reidnet metadata: the spec's input size and pixel stats."""
-    return Preprocessing(
-        spec.model.input_height,
-        spec.model.input_width,
-        tuple(spec.dataset.pixel_mean),
-        tuple(spec.dataset.pixel_std),
-        source="spec (model.input_height/input_width, dataset.pixel_mean/pixel_std)",
-    )
 
 
 def onnx_providers(device: str | torch.device | None = None) -> list:
@@ -67,14 +37,18 @@ def onnx_providers(device: str | torch.device | None = None) -> list:
     return ["CPUExecutionProvider"]
 
 
-class OnnxReidModel:
-    """An onnxruntime session over a re-identification graph: float images in, embeddings out."""
+class OnnxBackend:
+    """An onnxruntime session over a re-identification graph: normalised images in, embeddings
+    out (a `Backend`). `key` is what errors tell the user to fix."""
+
+    pin_memory = False  # onnxruntime reads numpy arrays
 
     def __init__(
         self,
         onnx_file: str | Path,
         device: str | torch.device | None = None,
         key: str = "onnx_file",
+        fallback: Preprocessing = DEFAULT_PREPROCESSING,
     ) -> None:
         import onnxruntime as ort
 
@@ -92,6 +66,16 @@ class OnnxReidModel:
             ) from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._discover_io(key)
+        self.preprocessing = self._preprocessing(fallback)
+
+    @property
+    def model_file(self) -> Path:
+        return self.onnx_file
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs the graph (CUDA or CPU)."""
+        return self.session.get_providers()[0]
 
     def _discover_io(self, key: str) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -130,7 +114,7 @@ class OnnxReidModel:
     def has_reidnet_metadata(self) -> bool:
         return METADATA_MARKER in self.metadata
 
-    def preprocessing(self, fallback: Preprocessing) -> Preprocessing:
+    def _preprocessing(self, fallback: Preprocessing) -> Preprocessing:
         """reidnet metadata when present; else `fallback`, at the graph's fixed size if any."""
         if self.has_reidnet_metadata:
             return self._metadata_preprocessing()
@@ -163,6 +147,9 @@ class OnnxReidModel:
                 f"unreadable ({type(error).__name__}: {error}): export it again with "
                 "`reidnet export`"
             ) from None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run(images.numpy()))
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Embeddings [N, D] float32 of normalised images [N, 3, H, W]."""
@@ -197,63 +184,3 @@ class OnnxReidModel:
                 f"{len(chunk)} images: a re-identification model outputs embeddings [N, D]"
             )
         return output
-
-
-def extract_onnx_features(
-    model: OnnxReidModel,
-    paths: Sequence[str | Path],
-    preprocessing: Preprocessing,
-    *,
-    batch_size: int = 128,
-    num_workers: int = 0,
-) -> torch.Tensor:
-    """Embeddings [N, D] (float32, CPU, in the order of `paths`), decoded as evaluation does."""
-    loader = DataLoader(
-        ImageDataset(paths, preprocessing.transform()),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=loader_workers(num_workers),
-    )
-    features = [torch.from_numpy(model.run(images.numpy())) for images, _ in loader]
-    if not features:
-        return torch.empty(0, model.feat_dim or 0)
-    return torch.cat(features)
-
-
-@dataclass
-class OnnxFeatures:
-    """The evaluate/inference feature source for an ONNX model (see engine.actions)."""
-
-    model: OnnxReidModel
-    preprocessing: Preprocessing
-
-    @property
-    def model_file(self) -> str:
-        return str(self.model.onnx_file)
-
-    @classmethod
-    def load(
-        cls, onnx_file: str | Path, spec, device: str | torch.device | None, key: str
-    ) -> OnnxFeatures:
-        model = OnnxReidModel(onnx_file, device, key)
-        preprocessing = model.preprocessing(spec_preprocessing(spec))
-        logger.info(
-            "running %s with onnxruntime (%s); preprocessing from %s: %dx%d, mean %s, std %s",
-            model.onnx_file,
-            model.session.get_providers()[0],
-            preprocessing.source,
-            preprocessing.height,
-            preprocessing.width,
-            list(preprocessing.pixel_mean),
-            list(preprocessing.pixel_std),
-        )
-        return cls(model, preprocessing)
-
-    def embed(self, paths: Sequence[str | Path], spec) -> torch.Tensor:
-        return extract_onnx_features(
-            self.model,
-            paths,
-            self.preprocessing,
-            batch_size=spec.dataset.val_batch_size,
-            num_workers=spec.dataset.num_workers,
-        )

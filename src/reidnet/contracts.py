@@ -1,0 +1,316 @@
+"""What one module writes and another reads: the checkpoint's architecture, a training run's
+status.json, the ONNX graph's names, and the file names the trainer, exporter, service and client
+share.
+
+Torch-free (the service and the client import it), so each contract is written down once and a
+type checker can hold every reader to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from reidnet.errors import ReidnetError
+
+if TYPE_CHECKING:
+    from reidnet.config import ExperimentSpec
+
+
+# ---------------------------------------------------------------------------------------------
+# The architecture a checkpoint records
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything needed to rebuild a trained network and feed it: the checkpoint's
+    `architecture` entry (stored as `to_dict()`, plain values, so checkpoints load with
+    `weights_only`)."""
+
+    backbone: str
+    network: str  # torchvision | tao: which implementation of the backbone the weights fit
+    feat_dim: int
+    last_stride: int
+    neck: str
+    neck_feat: str
+    with_flip_feature: bool
+    input_height: int
+    input_width: int
+    pixel_mean: tuple[float, ...]
+    pixel_std: tuple[float, ...]
+
+    @classmethod
+    def from_spec(cls, spec: ExperimentSpec) -> Architecture:
+        """The architecture a spec trains."""
+        model, data = spec.model, spec.dataset
+        return cls(
+            backbone=model.backbone,
+            network=model.network,
+            feat_dim=model.feat_dim,
+            last_stride=model.last_stride,
+            neck=model.neck,
+            neck_feat=model.neck_feat,
+            with_flip_feature=model.with_flip_feature,
+            input_height=model.input_height,
+            input_width=model.input_width,
+            pixel_mean=tuple(float(v) for v in data.pixel_mean),
+            pixel_std=tuple(float(v) for v in data.pixel_std),
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: Mapping[str, Any], source: str | os.PathLike = "the checkpoint"
+    ) -> Architecture:
+        """The `architecture` entry of a loaded checkpoint; errors name `source` (its file)."""
+        if "architecture" not in checkpoint:
+            raise ReidnetError(
+                f"{os.fspath(source)} has no 'architecture' entry: it was not written by "
+                "`reidnet train` or `reidnet convert`; give such a file, or a TAO checkpoint"
+            )
+        return cls.from_dict(checkpoint["architecture"], source)
+
+    @classmethod
+    def from_dict(
+        cls, values: Mapping[str, Any], source: str | os.PathLike = "the checkpoint"
+    ) -> Architecture:
+        """Checked: every field present (older files get ARCHITECTURE_DEFAULTS), none unknown,
+        each of its type."""
+        where = os.fspath(source)
+        if not isinstance(values, Mapping):
+            raise ReidnetError(
+                f"{where}: its architecture is a {type(values).__name__}, not a mapping of "
+                "fields; the file is damaged or was edited"
+            )
+        values = {**ARCHITECTURE_DEFAULTS, **values}
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in values]
+        unknown = sorted(str(key) for key in values if key not in names)
+        if missing or unknown:
+            problems = [f"missing {', '.join(missing)}"] if missing else []
+            problems += [f"unknown {', '.join(unknown)}"] if unknown else []
+            raise ReidnetError(
+                f"{where}: its architecture has {'; '.join(problems)} (fields: "
+                f"{', '.join(names)}). A file from a newer reidnet needs that version; otherwise "
+                "the file is damaged or was edited"
+            )
+        return cls(**{name: _checked(name, values[name], where) for name in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (lists for the pixel statistics), as checkpoints store them."""
+        values = asdict(self)
+        values["pixel_mean"], values["pixel_std"] = list(self.pixel_mean), list(self.pixel_std)
+        return values
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.input_height, self.input_width
+
+    def network_fields(self) -> dict[str, Any]:
+        """The fields that fix the network's shape (ARCHITECTURE_FIELDS), by name."""
+        return {name: getattr(self, name) for name in ARCHITECTURE_FIELDS}
+
+
+# The fields of `model` a checkpoint fixes; a spec that sets one differently is warned about,
+# and a run cannot resume with another value.
+ARCHITECTURE_FIELDS = ("backbone", "network", "feat_dim", "last_stride", "neck", "neck_feat")
+# What checkpoints written before a field existed were trained with.
+ARCHITECTURE_DEFAULTS: dict[str, Any] = {"network": "torchvision"}
+
+_INT_FIELDS = {"feat_dim", "last_stride", "input_height", "input_width"}
+_TEXT_FIELDS = {"backbone", "network", "neck", "neck_feat"}
+
+
+def _checked(name: str, value: Any, where: str) -> Any:
+    def refuse(expected: str):
+        return ReidnetError(
+            f"{where}: architecture field {name} is {value!r}, expected {expected}; the file is "
+            "damaged or was edited"
+        )
+
+    if name in _INT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise refuse("an integer")
+        return value
+    if name in _TEXT_FIELDS:
+        if not isinstance(value, str):
+            raise refuse("a string")
+        return value
+    if name == "with_flip_feature":
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+        return value
+    numbers = isinstance(value, Sequence) and not isinstance(value, str)
+    if not numbers or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        raise refuse("a list of numbers")
+    return tuple(float(v) for v in value)
+
+
+# ---------------------------------------------------------------------------------------------
+# A training run's status.json
+
+TrainingState = Literal["running", "done", "interrupted"]
+LOSS_PREFIX = "loss_"  # per-epoch records name each loss term loss_<term>
+
+
+def losses_of(record: Mapping[str, Any]) -> dict[str, float]:
+    """The loss terms of a per-epoch record (a metrics.jsonl line), by term name."""
+    return {
+        key[len(LOSS_PREFIX) :]: value
+        for key, value in record.items()
+        if key.startswith(LOSS_PREFIX)
+    }
+
+
+class TrainingProgress(BaseModel):
+    """Where a training run stands after its last epoch: the figures of status.json, and what
+    the service shows as a train job's progress."""
+
+    epoch: int | None = None
+    num_epochs: int | None = None
+    losses: dict[str, float] = Field(default_factory=dict)
+    train_accuracy: float | None = None
+    lr: float | None = None
+    images_per_second: float | None = None
+    eta_seconds: float | None = None
+    validation: dict[str, Any] | None = None
+
+
+class TrainingStatus(TrainingProgress):
+    """status.json: the trainer rewrites it (atomically) after every epoch and on interruption.
+
+    `latest` is the last epoch's record as metrics.jsonl holds it; the progress figures come from
+    it, also for files written before they were stored on their own.
+    """
+
+    state: TrainingState
+    epoch: int
+    num_epochs: int
+    checkpoint: str | None = None
+    updated: float = Field(description="Unix time of the write.")
+    latest: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _figures_from_latest(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not isinstance(data.get("latest"), Mapping):
+            return data
+        latest = data["latest"]
+        figures = {
+            "losses": losses_of(latest),
+            **{key: latest.get(key) for key in ("train_accuracy", "lr", "images_per_second")},
+        }
+        return {**figures, **data}
+
+    @classmethod
+    def after_epoch(
+        cls,
+        state: TrainingState,
+        epoch: int,
+        num_epochs: int,
+        record: Mapping[str, Any],
+        validation: dict[str, Any] | None,
+        checkpoint: str | os.PathLike | None,
+    ) -> TrainingStatus:
+        """The status after `epoch` epochs (`record`: that epoch's per-epoch record); the ETA
+        assumes the remaining epochs take as long as this one."""
+        seconds = record.get("seconds", 0.0)
+        return cls(
+            state=state,
+            epoch=epoch,
+            num_epochs=num_epochs,
+            latest={key: value for key, value in record.items() if key != "validation"},
+            validation=validation,
+            eta_seconds=seconds * max(0, num_epochs - epoch),
+            checkpoint=os.fspath(checkpoint) if checkpoint else None,
+            updated=time.time(),
+        )
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> TrainingStatus | None:
+        """The status in `path`; None when there is none yet. A file that is not a status
+        raises a ReidnetError naming it."""
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise ReidnetError(f"cannot read {os.fspath(path)}: {error}") from None
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the file"
+            raise ReidnetError(
+                f"{os.fspath(path)} is not a reidnet training status ({where}: {first['msg']})"
+            ) from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2)
+
+    def progress(self) -> TrainingProgress:
+        return TrainingProgress(
+            **{name: getattr(self, name) for name in TrainingProgress.model_fields}
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The ONNX graph reidnet exports and reads back
+
+INPUT_NAME = "input"  # float32 [batch, 3, H, W], normalised (TAO's name)
+OUTPUT_NAME = "fc_pred"  # float32 [batch, feat_dim], not L2-normalised (TAO's name)
+METADATA_MARKER = "reidnet_version"  # the metadata key that marks a graph reidnet exported
+
+
+# ---------------------------------------------------------------------------------------------
+# File names: what one module writes and another looks for
+
+LATEST_CHECKPOINT = "reid_model_latest.pth"  # the newest checkpoint; resumes start here
+BEST_CHECKPOINT = "reid_model_best.pth"  # the best validation mAP so far
+ONNX_FILE = "reid_model.onnx"  # export's default target
+METRICS_FILE = "metrics.jsonl"  # one record per epoch
+STATUS_FILE = "status.json"  # TrainingStatus
+EVALUATION_FILE = "results.json"  # evaluate's metrics
+
+_EPOCH_CHECKPOINT = re.compile(r"model_epoch_(\d{3,})\.pth")
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    """`model_epoch_012.pth`: the checkpoint written after `epoch` epochs."""
+    return f"model_epoch_{epoch:03d}.pth"
+
+
+def epoch_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The epoch checkpoints in `folder`, oldest epoch first."""
+    found = []
+    for path in Path(folder).glob("model_epoch_*.pth"):
+        match = _EPOCH_CHECKPOINT.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def action_dir(results_dir: str | os.PathLike, action: str) -> Path:
+    """`<results_dir>/<action>`: where an action writes unless its section says otherwise (a
+    service job's results_dir is its job folder)."""
+    return Path(results_dir) / action
+
+
+def default_onnx_file(results_dir: str | os.PathLike) -> Path:
+    """`<results_dir>/export/reid_model.onnx`."""
+    return action_dir(results_dir, "export") / ONNX_FILE
+
+
+def job_file(action: str, name: str) -> str:
+    """An action's output inside a results folder, as the service's download API names it:
+    `train/metrics.jsonl`."""
+    return f"{action}/{name}"
