@@ -69,8 +69,18 @@ def test_decoded_images_stay_on_the_gpu_only_when_they_fit():
     gb = 10**9
     assert gpu.choose_placement(13 * gb // 10, cuda, 0.5, free_bytes=80 * gb)[0] == "device"
     placement, reason = gpu.choose_placement(13 * gb // 10, cuda, 0.5, free_bytes=2 * gb)
-    assert placement == "pinned host" and "train.gpu_data_memory_share" in reason
+    assert placement == "host" and "train.gpu_data_memory_share" in reason
     assert gpu.choose_placement(gb, torch.device("cpu"), 0.5)[0] == "host"
+
+
+def test_a_host_store_for_the_gpu_is_pageable_and_gathered_on_the_host(synthetic):  # noqa: F811
+    """Pinning the whole store would round it up to a power of two (70 GB -> 128 GiB): only the
+    per-batch buffers are pinned. Nothing here needs a GPU: the store never touches it."""
+    paths = sorted((synthetic / "query").glob("*.jpg"))[:6]
+    store = gpu.load_decoded(paths, H, W, torch.device("cuda:0"), placement="host", workers=1)
+    assert store.placement == "host" and store.staged
+    assert store.images.device.type == "cpu" and not store.images.is_pinned()
+    assert not gpu.DecodedImages(store.images, torch.device("cpu"), "host").staged
 
 
 # -- one batch, given choices: exact geometry --------------------------------------------------
@@ -219,15 +229,15 @@ def test_gpu_pipeline_learns_and_resumes_mid_epoch_exactly(synthetic, tmp_path, 
 
     run = TrainingRun(tiny_spec(synthetic, tmp_path / "b", *options))
     steps = []
-    real_step = run._step
+    real_step = trainer_module.train_step
 
-    def step_then_signal(images, labels):
+    def step_then_signal(parts, images, labels):
         steps.append(1)
         if len(steps) == 3:  # SIGTERM during the third step of epoch 1
             run.stop_signal = signal.SIGTERM
-        return real_step(images, labels)
+        return real_step(parts, images, labels)
 
-    monkeypatch.setattr(run, "_step", step_then_signal)
+    monkeypatch.setattr(trainer_module, "train_step", step_then_signal)
     with pytest.raises(TrainingInterrupted):
         run.fit()
     resumed = train(tiny_spec(synthetic, tmp_path / "b", *options))
@@ -239,15 +249,69 @@ def test_gpu_pipeline_learns_and_resumes_mid_epoch_exactly(synthetic, tmp_path, 
 
 
 def test_failed_compilation_falls_back_to_eager(synthetic, tmp_path, monkeypatch, caplog):  # noqa: F811
+    from torch._inductor.exc import InductorError
+
+    calls = []
+
     def broken_compile(model, **_):
         def compiled(*args, **kwargs):
-            raise RuntimeError("no working C++ compiler")
+            calls.append(1)
+            raise InductorError(RuntimeError("no working C++ compiler"), None)
 
         return compiled
 
-    monkeypatch.setattr(trainer_module.torch, "compile", broken_compile)
+    monkeypatch.setattr(torch, "compile", broken_compile)
     spec = tiny_spec(synthetic, tmp_path / "r", "train.compile=true", "train.num_epochs=1")
     with caplog.at_level(logging.WARNING, logger="reidnet.engine.trainer"):
         result = train(spec)
-    assert "torch.compile failed (RuntimeError: no working C++ compiler)" in caplog.text
+    assert "torch.compile failed (InductorError: " in caplog.text
+    assert "no working C++ compiler" in caplog.text
+    assert calls == [1]  # decided once, before the first step; every step ran eager
     assert np.isfinite(result.history[0]["loss_total"])
+
+
+def test_an_error_that_is_not_a_compilation_error_is_not_swallowed(
+    synthetic,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    def compile_with_a_real_bug(model, **_):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("shape mismatch in the model")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_with_a_real_bug)
+    spec = tiny_spec(synthetic, tmp_path / "r", "train.compile=true", "train.num_epochs=1")
+    with pytest.raises(RuntimeError, match="shape mismatch in the model"):
+        train(spec)
+
+
+def test_the_compile_warm_up_leaves_weights_statistics_and_gradients_as_they_were():
+    from reidnet.engine.step import compiled_or_eager
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+    class TwoOutputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = model
+
+        def forward(self, images):
+            out = self.body(images)
+            return out.mean((2, 3)), out.amax((2, 3))
+
+    net = TwoOutputs().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    monkey = []
+    original = torch.compile
+    try:
+        torch.compile = lambda module, **_: monkey.append(module) or module  # eager "compiler"
+        chosen = compiled_or_eager(net, (2, 3, 8, 8), torch.device("cpu"), amp=False)
+    finally:
+        torch.compile = original
+    assert chosen is net and monkey == [net] and not net.training
+    for name, value in net.state_dict().items():  # BatchNorm's running stats are restored
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+    assert all(p.grad is None for p in net.parameters())

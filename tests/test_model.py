@@ -266,25 +266,6 @@ def test_invalid_head_options_name_the_spec_key(kwargs, key):
         small_net(**kwargs)
 
 
-def test_grow_classifier_keeps_known_identities():
-    net = small_net(num_classes=6, feat_dim=64)
-    old_rows = net.classifier.weight.detach().clone()
-    net.grow_classifier(10)
-    assert net.num_classes == 10
-    assert net.classifier.weight.shape == (10, 64)
-    assert torch.equal(net.classifier.weight[:6], old_rows)
-    new_rows = net.classifier.weight[6:]
-    assert new_rows.abs().max() < 0.01 and new_rows.abs().sum() > 0
-    cls_score, _ = net.train()(tiny_batch())
-    assert cls_score.shape == (4, 10)
-
-
-def test_classifier_cannot_shrink():
-    net = small_net(num_classes=6)
-    with pytest.raises(ReidnetError, match="6"):
-        net.grow_classifier(5)
-
-
 def test_load_reid_state_round_trip_with_prefixes():
     source = small_net(num_classes=6, feat_dim=64).eval()
     _non_trivial_running_stats(source)

@@ -312,3 +312,24 @@ def test_missing_checkpoint_path_says_so(synthetic, tmp_path):
     spec = tiny_spec(synthetic, tmp_path / "r", f"evaluate.checkpoint={tmp_path / 'nope.pth'}")
     with pytest.raises(ReidnetError, match=r"nope\.pth does not exist: check evaluate\.checkpoint"):
         evaluate(spec)
+
+
+def test_center_loss_with_weight_zero_trains_and_leaves_the_centers_alone(synthetic, tmp_path):
+    """center_loss_weight 0 is allowed: the centers get no gradient (and no division by 0)."""
+    spec = tiny_spec(
+        synthetic,
+        tmp_path / "r",
+        "train.num_epochs=1",
+        "model.with_center_loss=true",
+        "model.metric_loss_type=triplet_center",
+        "train.optim.center_loss_weight=0",
+    )
+    run = TrainingRun(spec)
+    try:
+        centers = run.parts.criterion.center_loss.centers.detach().clone()
+        result = run.fit()
+    finally:
+        run.close()
+    assert np.isfinite(result.history[0]["loss_total"])
+    assert result.history[0]["loss_center"] > 0  # computed and logged, weighted by 0
+    assert torch.equal(run.parts.criterion.center_loss.centers.detach(), centers)

@@ -136,3 +136,20 @@ def test_a_file_that_is_no_image_is_named_without_internals(tmp_path):
     problem, digest = _inspect_image(garbage)
     assert digest is None and problem.startswith("not an image PIL can read")
     assert "BytesIO" not in problem  # PIL's message names its in-memory buffer
+
+
+def test_a_missing_train_folder_does_not_shift_the_identity_groups(tmp_path):
+    """Two folders sharing one identity group hold 2 identities, also when a folder listed
+    before them is missing (its group must not pass to the next folder)."""
+    names = ["0001_c1s1_000001_00.jpg", "0002_c2s1_000002_00.jpg"]
+    make_folder(tmp_path / "cam_a", names)
+    make_folder(tmp_path / "cam_b", names)
+    folders = [
+        TrainFolder(path=str(tmp_path / "missing"), identity_group="other"),
+        TrainFolder(path=str(tmp_path / "cam_a"), identity_group="site"),
+        TrainFolder(path=str(tmp_path / "cam_b"), identity_group="site"),
+    ]
+    report = validate_dataset(folders, num_instances=4)
+    assert "missing_folder" in report.codes()
+    few = [f.message for f in report.findings if f.code == "few_images_per_identity"]
+    assert few and few[0].startswith("2 of 2 training identities"), few

@@ -287,8 +287,9 @@ class TrainConfig(_Section):
     data_pipeline: Literal["auto", "dataloader", "gpu"] = Field(
         "auto",
         description="gpu: training images decoded once into a uint8 tensor on the training "
-        "device (pinned host memory when they do not fit) and augmented per sample in batched "
-        "form there; dataloader: PIL decode and per-image transforms in DataLoader workers; "
+        "device (host memory, copied batch by batch, when they do not fit) and augmented per "
+        "sample in batched form there; dataloader: PIL decode and per-image transforms in "
+        "DataLoader workers; "
         "auto: gpu on CUDA, dataloader on the CPU (gpu on the CPU runs the same tensor code).",
     )
     gpu_data_memory_share: float = Field(
@@ -296,7 +297,7 @@ class TrainConfig(_Section):
         gt=0.0,
         le=1.0,
         description="Largest share of the free GPU memory the decoded images may take "
-        "(data_pipeline gpu); beyond it they stay in pinned host memory.",
+        "(data_pipeline gpu); beyond it they stay in host memory.",
     )
     compile: bool | None = Field(
         None,

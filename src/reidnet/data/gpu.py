@@ -34,11 +34,10 @@ def decode_resized(
     height: int,
     width: int,
     workers: int = 8,
-    pin_memory: bool = False,
 ) -> torch.Tensor:
     """uint8 [N, 3, height, width] on the CPU: each image read as RGB and resized exactly as the
     per-image transforms do it (PIL bilinear), so both pipelines see the same pixels."""
-    images = torch.empty((len(paths), 3, height, width), dtype=torch.uint8, pin_memory=pin_memory)
+    images = torch.empty((len(paths), 3, height, width), dtype=torch.uint8)
     resize = v2.Resize((height, width))
 
     def decode(index: int) -> None:
@@ -55,19 +54,29 @@ def decode_resized(
 
 @dataclass
 class DecodedImages:
-    """Decoded uint8 images [N, 3, H, W] and where they live: on the compute device, in pinned
-    host memory (copied over batch by batch) or in host memory (training on the CPU)."""
+    """Decoded uint8 images [N, 3, H, W] and where they live: on the compute device, or in
+    (pageable) host memory, copied to the device batch by batch through a small pinned buffer.
+
+    The store itself is never pinned: PyTorch's caching host allocator rounds a pinned block up
+    to the next power of two (a 70 GB store would ask for 128 GiB), and every batch is copied
+    into its own pinned buffer anyway.
+    """
 
     images: torch.Tensor
     device: torch.device
-    placement: str  # "device", "pinned host" or "host"
+    placement: str  # "device" or "host"
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def staged(self) -> bool:
+        """Held in host memory for a CUDA device: each batch is gathered on the host."""
+        return self.placement == "host" and self.device.type == "cuda"
+
     def gather(self, indices: torch.Tensor) -> torch.Tensor:
         """The images at `indices` (on `self.device` or on the CPU), as uint8 on the device."""
-        if self.placement != "pinned host":
+        if not self.staged:
             return self.images.index_select(0, indices.to(self.images.device))
         batch = torch.empty(
             (indices.numel(), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=True
@@ -80,14 +89,15 @@ def choose_placement(
     nbytes: int, device: torch.device, memory_share: float, free_bytes: int | None = None
 ) -> tuple[str, str]:
     """Where `nbytes` of decoded images go, and why: "device" when they fit in `memory_share` of
-    the device's free memory, else "pinned host"; "host" when training on the CPU."""
+    the device's free memory (measured now: call it after the first training step, so the
+    model's own memory is taken), else "host"."""
     if device.type != "cuda":
         return "host", "training on the CPU"
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(device)
     if nbytes <= memory_share * free_bytes:
         return "device", f"{device}, {free_bytes / 1e9:.1f} GB free before"
-    return "pinned host", (
+    return "host", (
         f"more than {memory_share:.0%} of the {free_bytes / 1e9:.1f} GB free on {device} "
         "(train.gpu_data_memory_share); each batch is copied over"
     )
@@ -100,18 +110,22 @@ def load_decoded(
     device: torch.device,
     *,
     memory_share: float = 0.5,
+    placement: str | None = None,
     workers: int = 8,
     what: str = "training images",
     verbose: bool = True,
 ) -> DecodedImages:
     """Decode `paths` once and keep them on `device` when they fit in `memory_share` of its free
-    memory, else in pinned host memory; one log line says which and why."""
-    placement, reason = choose_placement(len(paths) * 3 * height * width, device, memory_share)
-    images = decode_resized(paths, height, width, workers, pin_memory=placement == "pinned host")
+    memory, else in host memory (`placement` "host" forces that); one log line says which."""
+    if placement is None:
+        placement, reason = choose_placement(len(paths) * 3 * height * width, device, memory_share)
+    else:
+        reason = "kept off the GPU between uses" if device.type == "cuda" else "training on the CPU"
+    images = decode_resized(paths, height, width, workers)
     if placement == "device":
         images = images.to(device)
     if verbose:
-        where = "GPU memory" if placement == "device" else f"{placement} memory"
+        where = "GPU memory" if placement == "device" else "host memory"
         logger.info(
             "%s %s decoded once as uint8 %dx%d (%s), held in %s (%s)",
             f"{len(paths):,}",
@@ -324,9 +338,9 @@ class DeviceBatches:
         self.store, self.augment, self.seed = store, augment, seed
         self.first_step = first_step
         index = torch.tensor(batches, dtype=torch.long).reshape(len(batches), -1 if batches else 0)
-        # One copy per epoch; pinned-host images are gathered on the CPU with the host copy.
+        # One copy per epoch; host-staged images are gathered on the CPU with the host copy.
         self.index = index.to(store.device, non_blocking=True)
-        self.host_index = index if store.placement == "pinned host" else self.index
+        self.host_index = index if store.staged else self.index
         self.labels = labels.to(store.device)
         self.generator = torch.Generator(store.device)
 

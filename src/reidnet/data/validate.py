@@ -80,20 +80,23 @@ def validate_dataset(
     """Check a Market-1501-layout dataset: names, image decoding, identities and query coverage."""
     report = ValidationReport()
     scans: dict[str, list[FolderScan]] = {}
+    train_groups: list[str] = []  # the identity group of each scanned train folder
     for subset, entries in (
-        ("train", [(folder_fields(f)[0], folder_fields(f)[1]) for f in train_folders]),
-        ("test", [(Path(test_dir), "real")] if test_dir is not None else []),
-        ("query", [(Path(query_dir), "real")] if query_dir is not None else []),
+        ("train", [folder_fields(f) for f in train_folders]),
+        ("test", [(Path(test_dir), "real", "")] if test_dir is not None else []),
+        ("query", [(Path(query_dir), "real", "")] if query_dir is not None else []),
     ):
-        for folder, source in entries:
+        for folder, source, group in entries:
             scan = _scan_or_report(folder, source, subset, report)
             if scan is not None:
                 scans.setdefault(subset, []).append(scan)
+                if subset == "train":
+                    train_groups.append(group)
     all_scans = [s for group in scans.values() for s in group]
     _check_images(all_scans, report, workers)
     _report_skipped_files(all_scans, report)
     if "train" in scans:
-        _check_train(scans["train"], train_folders, num_instances, batch_size, report)
+        _check_train(scans["train"], train_groups, num_instances, batch_size, report)
     if "query" in scans or "test" in scans:
         _check_query_gallery(
             scans.get("query", []), scans.get("test", []), same_camera_filter, report
@@ -208,15 +211,14 @@ def _report_skipped_files(scans: list[FolderScan], report: ValidationReport) -> 
 
 def _check_train(
     scans: list[FolderScan],
-    folders: Sequence,
+    groups: list[str],
     num_instances: int,
     batch_size: int | None,
     report: ValidationReport,
 ) -> None:
     per_identity: dict[str, list[ImageRecord]] = defaultdict(list)
     distractors = 0
-    for scan, entry in zip(scans, folders, strict=False):
-        group = folder_fields(entry)[2]
+    for scan, group in zip(scans, groups, strict=True):
         for record in scan.records:
             if record.pid == DISTRACTOR_PID:
                 distractors += 1

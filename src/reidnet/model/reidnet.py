@@ -154,29 +154,6 @@ class ReIdentificationNet(nn.Module):
             embedding = embedding + self._embedding(images.flip(-1))
         return embedding
 
-    def grow_classifier(self, new_num_classes: int) -> None:
-        """Enlarge the classifier to ``new_num_classes`` rows, keeping the existing rows.
-
-        New rows start like a fresh classifier (normal, std 0.001). The classifier is a new
-        parameter: build the optimizer after calling this.
-        """
-        if new_num_classes < self.num_classes:
-            raise ReidnetError(
-                f"the training set has {new_num_classes} identities but the checkpoint's "
-                f"classifier has {self.num_classes}; the classifier can only grow. Check "
-                f"dataset.train_dataset_dir, or start from the checkpoint with "
-                f"model.pretrain_choice self (which re-initialises the classifier)."
-            )
-        if new_num_classes == self.num_classes:
-            return
-        old = self.classifier.weight
-        grown = nn.Linear(self.feat_dim, new_num_classes, bias=False).to(old.device, old.dtype)
-        nn.init.normal_(grown.weight, std=0.001)
-        with torch.no_grad():
-            grown.weight[: self.num_classes] = old
-        self.classifier = grown
-        self.num_classes = new_num_classes
-
     def load_reid_state(
         self, state_dict: Mapping[str, torch.Tensor], strict_classifier: bool
     ) -> StateLoadReport:

@@ -1,0 +1,206 @@
+"""Checkpoints of a training run: writing them (epoch, latest, best, pruning), finding the one to
+resume from, and loading it back into the run's parts, growing the classifier (and the center
+loss) when the training data gained identities since.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reidnet.config import ExperimentSpec
+from reidnet.contracts import (
+    ARCHITECTURE_FIELDS,
+    BEST_CHECKPOINT,
+    LATEST_CHECKPOINT,
+    Architecture,
+    epoch_checkpoint_name,
+    epoch_checkpoints,
+)
+from reidnet.engine import checkpoint as ckpt
+from reidnet.engine.parts import RunParts, state_summary
+from reidnet.errors import ReidnetError
+
+logger = logging.getLogger("reidnet.engine.trainer")
+
+
+@dataclass
+class Position:
+    """Where a run stands: epochs done, steps done into the next one, and its epoch records."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def latest_checkpoint(results_dir: Path) -> Path | None:
+    latest = Path(results_dir) / LATEST_CHECKPOINT
+    return latest if latest.is_file() else None
+
+
+def resume_source(spec: ExperimentSpec, results_dir: Path) -> Path | None:
+    """The checkpoint to resume from: the spec's, else the results folder's latest."""
+    explicit = spec.train.resume_training_checkpoint_path
+    return Path(explicit) if explicit else latest_checkpoint(results_dir)
+
+
+def load(path: Path | None) -> dict[str, Any] | None:
+    return ckpt.load_checkpoint(path, "train.resume_training_checkpoint_path") if path else None
+
+
+def restore(
+    parts: RunParts, previous: dict[str, Any], path: Path, architecture: Architecture
+) -> Position:
+    """Load a checkpoint's state into `parts`; the position the run continues from."""
+    trained = Architecture.from_checkpoint(previous, path).network_fields()
+    stated = architecture.network_fields()
+    for key in ARCHITECTURE_FIELDS:
+        if trained[key] != stated[key]:
+            raise ReidnetError(
+                f"cannot resume from {path}: it was trained with model.{key}="
+                f"{trained[key]!r}, the spec says {stated[key]!r}. "
+                "Use a fresh results_dir to start a new run, or pretrain_choice self to "
+                "fine-tune from it."
+            )
+    parts.model.load_state_dict(
+        grown(previous["model"], parts.model.state_dict(), "classifier.weight")
+    )
+    parts.optimizer.load_state_dict(previous["optimizer"])
+    pad_optimizer_state(parts.optimizer)
+    center_loss = parts.criterion.center_loss
+    if center_loss is not None and previous.get("center_loss"):
+        center_loss.load_state_dict(
+            grown(previous["center_loss"], center_loss.state_dict(), "centers")
+        )
+        parts.center_optimizer.load_state_dict(previous["center_optimizer"])
+        pad_optimizer_state(parts.center_optimizer)
+    if previous.get("scaler"):
+        parts.scaler.load_state_dict(previous["scaler"])
+    ckpt.restore_rng_state(previous["rng"])
+    position = Position(
+        previous["epoch"], previous.get("step_in_epoch", 0), list(previous.get("history", []))
+    )
+    logger.info(
+        "resuming from %s: %d epoch(s) done%s",
+        path,
+        position.epoch,
+        f", {position.step_in_epoch} step(s) into epoch {position.epoch + 1}"
+        if position.step_in_epoch
+        else "",
+    )
+    old_classes, new_classes = previous["num_classes"], parts.train_set.num_classes
+    if new_classes > old_classes:
+        logger.info(
+            "the training data gained %d identities (%d -> %d): the classifier grows, the "
+            "%d existing identities keep their rows",
+            new_classes - old_classes,
+            old_classes,
+            new_classes,
+            old_classes,
+        )
+    return position
+
+
+def grown(saved: dict, current: dict, key: str) -> dict:
+    """`saved` with the rows of `key` extended to the current shape (new identities); the new
+    rows keep the current (freshly initialised) values."""
+    saved = dict(saved)
+    old, new = saved[key], current[key]
+    if old.shape[0] < new.shape[0]:
+        rows = new.detach().clone().to(old.dtype)
+        rows[: old.shape[0]] = old
+        saved[key] = rows
+    elif old.shape[0] > new.shape[0]:
+        raise ReidnetError(
+            f"the checkpoint knows {old.shape[0]} identities but the training data now has "
+            f"{new.shape[0]}: resuming needs every earlier training folder; start a new run "
+            "(fresh results_dir) with pretrain_choice self to fine-tune on the new data alone"
+        )
+    return saved
+
+
+def pad_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Zero-pad per-parameter optimizer state (Adam moments) of parameters that grew."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.dim() and value.shape != parameter.shape:
+                    padded = torch.zeros_like(parameter, dtype=value.dtype)
+                    padded[: value.shape[0]] = value
+                    state[name] = padded
+
+
+class Checkpoints:
+    """Writes a run's checkpoints (rank 0 only; every rank gets the paths)."""
+
+    def __init__(self, parts: RunParts, results_dir: Path, architecture: Architecture):
+        self.parts, self.results_dir, self.architecture = parts, results_dir, architecture
+        self.latest = results_dir / LATEST_CHECKPOINT
+        self.best = results_dir / BEST_CHECKPOINT
+
+    def save(
+        self, epoch: int, history: list, step_in_epoch: int = 0, path: Path | None = None
+    ) -> Path:
+        """An epoch checkpoint (linked as latest); mid-epoch, latest alone; with `path`, only
+        that file (the best checkpoint between checkpoint epochs)."""
+        if path is None:
+            path = self.latest if step_in_epoch else self.results_dir / epoch_checkpoint_name(epoch)
+        if not self.parts.dist.is_main:
+            return path
+        payload = ckpt.checkpoint_header(
+            epoch=epoch,
+            spec_dict=self.parts.spec.model_dump(mode="json"),
+            identity_keys=self.parts.train_set.identity_keys,
+            architecture=self.architecture,
+        )
+        payload.update(
+            state_summary(self.parts),
+            scheduler={"epoch": epoch},
+            rng=ckpt.capture_rng_state(),
+            history=history,
+            step_in_epoch=step_in_epoch,
+        )
+        ckpt.atomic_torch_save(payload, path)
+        if path.name == epoch_checkpoint_name(epoch) and not step_in_epoch:
+            ckpt.atomic_link(path, self.latest)
+            logger.info("checkpoint %s", path)
+        return path
+
+    def prune(self) -> None:
+        """Keep the newest `train.keep_checkpoints` epoch checkpoints (0: all of them)."""
+        keep = self.parts.spec.train.keep_checkpoints
+        if not keep or not self.parts.dist.is_main:
+            return
+        saved = epoch_checkpoints(self.results_dir)
+        for old in saved[:-keep]:
+            old.unlink(missing_ok=True)
+            logger.debug("removed %s (train.keep_checkpoints %d)", old, keep)
+
+    def keep_best(self, epoch: int, history: list, checkpoint: Path | None) -> None:
+        """reid_model_best.pth: the checkpoint with the best validation mAP so far (the last
+        record of `history` is this epoch's)."""
+        if not self.parts.dist.is_main:
+            return
+        metrics = history[-1]["validation"]
+        best = [h["validation"]["mAP"] for h in history[:-1] if h.get("validation")]
+        if best and metrics["mAP"] <= max(best):
+            return
+        if checkpoint is None or checkpoint.name != epoch_checkpoint_name(epoch):
+            self.save(epoch, history, path=self.best)
+        else:
+            ckpt.atomic_link(checkpoint, self.best)
+        logger.info("best validation mAP %.4f at epoch %d: %s", metrics["mAP"], epoch, self.best)
+
+
+def interrupted_message(stop_signal: int, epoch: int, steps: int, path: Path) -> str:
+    name = signal.Signals(stop_signal).name
+    return (
+        f"{name} received: training stopped at epoch {epoch + 1}, step {steps}; checkpoint "
+        f"{path} written. Run the same command again to resume."
+    )

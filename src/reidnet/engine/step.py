@@ -1,0 +1,119 @@
+"""One training step, top to bottom, and the choice of the module it runs (compiled or eager).
+
+Whether torch.compile works here is decided before the first real step, by a warm-up forward and
+backward of the compiled module on a batch of random images (outside DDP, weights and BatchNorm
+statistics restored afterwards). A compilation error there means eager training; any other error
+is a real one and propagates. Under DDP this keeps the reducer out of a failed first step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from reidnet.engine import distributed
+from reidnet.engine.embed import autocast_for
+
+if TYPE_CHECKING:
+    from reidnet.engine.parts import RunParts
+
+logger = logging.getLogger("reidnet.engine.trainer")
+
+
+def train_step(
+    parts: RunParts, images: torch.Tensor, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """zero_grad, forward, loss, backward, clip, step: the loss terms (on the device)."""
+    images = images.to(parts.device, non_blocking=True)
+    labels = labels.to(parts.device, non_blocking=True)
+    if parts.device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizers = [parts.optimizer, parts.center_optimizer]
+    for optimizer in filter(None, optimizers):
+        optimizer.zero_grad(set_to_none=True)
+    with autocast_for(parts.device, parts.spec.train.amp):
+        cls_score, features = parts.forward(images)
+        terms = parts.criterion(cls_score.float(), features.float(), labels)
+    parts.scaler.scale(terms["total"]).backward()
+    if parts.spec.train.grad_clip > 0:
+        parts.scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.spec.train.grad_clip)
+    parts.scaler.step(parts.optimizer)
+    if parts.center_optimizer is not None:
+        _step_centers(parts)
+    parts.scaler.update()
+    terms["accuracy"] = (cls_score.detach().argmax(1) == labels).float().mean()
+    return terms
+
+
+def _step_centers(parts: RunParts) -> None:
+    """The center loss enters the total scaled by its weight; its centers learn with center_lr
+    on the unweighted gradient, as in the strong baseline."""
+    parts.scaler.unscale_(parts.center_optimizer)
+    centers = list(parts.criterion.center_loss.parameters())
+    if parts.dist.enabled:  # DDP averages the model's gradients, not these
+        distributed.average_gradients(centers)
+    weight = parts.spec.train.optim.center_loss_weight
+    if weight > 0:  # weight 0: the centers get no gradient from the total, nothing to undo
+        for parameter in centers:
+            if parameter.grad is not None:
+                parameter.grad.mul_(1.0 / weight)
+    parts.scaler.step(parts.center_optimizer)
+
+
+def compile_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "torch.compile cannot work here" (no compiler, no backend)."""
+    errors: list[type[BaseException]] = []
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+
+        errors.append(TorchDynamoException)
+    except ImportError:  # pragma: no cover - every supported torch has it
+        pass
+    try:
+        from torch._inductor.exc import InductorError
+
+        errors.append(InductorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def compiled_or_eager(
+    model: torch.nn.Module,
+    batch_shape: tuple[int, ...],
+    device: torch.device,
+    amp: bool,
+) -> torch.nn.Module:
+    """`torch.compile(model)` if a warm-up step with it compiles, else `model` itself.
+
+    The warm-up runs forward and backward on random images of the training batch's shape; the
+    model's state (weights, BatchNorm statistics) and gradients are as before afterwards.
+    """
+    compiled = torch.compile(model, dynamic=False)
+    saved = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    images = torch.randn(batch_shape, device=device)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    was_training = model.training
+    model.train()
+    try:
+        with autocast_for(device, amp):
+            outputs = compiled(images)
+        sum(output.float().mean() for output in outputs).backward()
+    except compile_errors() as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        logger.warning(
+            "torch.compile failed (%s: %s); training continues without compilation "
+            "(train.compile=false skips the attempt)",
+            type(error).__name__,
+            first_line,
+        )
+        return model
+    finally:
+        model.load_state_dict(saved)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return compiled
