@@ -249,3 +249,34 @@ def test_relative_paths_in_a_spec_file_resolve_against_its_folder(tmp_path, monk
     assert Path(spec.dataset.query_dataset_dir).resolve() == project / "data" / "query"
     assert Path(spec.evaluate.checkpoint).resolve() == project / "results/train/model_epoch_010.pth"
     assert spec.dataset.test_dataset_dir == "data/gallery"  # an override: the current folder
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    spec = load_spec(path)
+    assert spec.model.backbone and spec.train.num_epochs >= 1
+
+
+def test_the_quickstart_config_is_the_one_the_package_ships():
+    """`reidnet quickstart` reads the package's copy; configs/ holds the same file for users."""
+    shipped = REPO / "src" / "reidnet" / "resources" / "quickstart.yaml"
+    assert (REPO / "configs" / "quickstart.yaml").read_bytes() == shipped.read_bytes()
+
+
+def test_deep_merge_merges_sections_and_changes_neither_input():
+    from reidnet.config import deep_merge
+
+    base = {"train": {"num_epochs": 10, "optim": {"base_lr": 0.1}}, "model": {"feat_dim": 256}}
+    extra = {"train": {"optim": {"base_lr": 0.01}}, "dataset": {"batch_size": [64]}}
+    merged = deep_merge(base, extra)
+    assert merged == {
+        "train": {"num_epochs": 10, "optim": {"base_lr": 0.01}},
+        "model": {"feat_dim": 256},
+        "dataset": {"batch_size": [64]},
+    }
+    merged["train"]["optim"]["base_lr"] = 5
+    merged["dataset"]["batch_size"].append(1)
+    assert base["train"]["optim"]["base_lr"] == 0.1 and extra["dataset"]["batch_size"] == [64]

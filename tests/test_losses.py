@@ -182,3 +182,21 @@ def test_without_center_loss_there_are_no_centers_to_optimise():
 def test_inconsistent_loss_options_name_the_spec_key(kwargs, key):
     with pytest.raises(ReidnetError, match=key):
         ReidLoss(3, 2, **kwargs)
+
+
+def test_distances_of_close_features_keep_their_digits():
+    """||a||^2 + ||b||^2 - 2ab cancels almost everything for close features: in float32 (and
+    TF32, what a float32 matmul becomes on CUDA at matmul precision "high") the distance below
+    drowns in rounding error of about 1e-3 absolute; the expected value is the direct
+    difference norm, computed in float64."""
+    from reidnet.losses import pairwise_euclidean
+
+    generator = torch.Generator().manual_seed(0)
+    anchor = torch.randn(2048, generator=generator) * 3.0  # ||a||^2 ~ 18,000
+    offset = torch.randn(2048, generator=generator) * 1e-3
+    features = torch.stack([anchor, anchor + offset])
+    expected = (features[0].double() - features[1].double()).norm().item()  # ~0.045
+    distances = pairwise_euclidean(features)
+    assert distances.dtype == torch.float32
+    assert distances[0, 1].item() == pytest.approx(expected, rel=1e-4)
+    assert distances[1, 0].item() == pytest.approx(expected, rel=1e-4)

@@ -333,3 +333,28 @@ def test_center_loss_with_weight_zero_trains_and_leaves_the_centers_alone(synthe
     assert np.isfinite(result.history[0]["loss_total"])
     assert result.history[0]["loss_center"] > 0  # computed and logged, weighted by 0
     assert torch.equal(run.parts.criterion.center_loss.centers.detach(), centers)
+
+
+def test_the_specs_cudnn_flags_are_applied(synthetic, tmp_path):
+    from reidnet.engine.parts import apply_cuda_settings
+
+    before = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.get_float32_matmul_precision(),
+    )
+    try:
+        for benchmark, deterministic in ((True, False), (False, True)):
+            spec = tiny_spec(
+                synthetic,
+                tmp_path / "r",
+                f"train.cudnn.benchmark={str(benchmark).lower()}",
+                f"train.cudnn.deterministic={str(deterministic).lower()}",
+            )
+            apply_cuda_settings(spec)
+            assert torch.backends.cudnn.benchmark is benchmark
+            assert torch.backends.cudnn.deterministic is deterministic
+            assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[:2]
+        torch.set_float32_matmul_precision(before[2])

@@ -8,6 +8,7 @@ closest valid key.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import logging
 import re
@@ -520,7 +521,7 @@ def load_spec(
         raw = _read_yaml(Path(path))
         _resolve_relative_paths(raw, Path(path).resolve().parent)
     if data is not None:
-        raw = _deep_merge(raw, data)
+        raw = deep_merge(raw, data)
     for override in overrides:
         key, value = parse_override(override)
         _set_dotted(raw, key, value, source)
@@ -738,13 +739,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` merged in, section by section; neither input is changed (the result
+    shares no mutable value with them)."""
+    merged = copy.deepcopy(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
-            merged[key] = value
+            merged[key] = copy.deepcopy(value)
     return merged
 
 

@@ -39,14 +39,19 @@ class CrossEntropyLabelSmooth(nn.Module):
 
 def pairwise_euclidean(features: torch.Tensor) -> torch.Tensor:
     """[N, N] Euclidean distances, through the Gram matrix; squared values clamped at 1e-12 so
-    the square root keeps a finite gradient on the diagonal."""
-    # Autocast would run the Gram matmul in half precision again; distances of close
-    # features lose all their digits there.
+    the square root keeps a finite gradient on the diagonal.
+
+    The Gram matrix is computed in float64: autocast would run it in half precision, and with
+    `torch.set_float32_matmul_precision("high")` (set for training on CUDA) a float32 matmul
+    runs in TF32, a 10-bit mantissa. ||a||^2 + ||b||^2 - 2ab cancels almost everything for close
+    features, so either loses all their digits; float64 never takes TF32. An [N, D] batch costs
+    N^2 D multiply-adds, nothing next to the network.
+    """
     with torch.autocast(features.device.type, enabled=False):
-        features = features.float()
-        squared_norms = features.pow(2).sum(1, keepdim=True)
-        squared = squared_norms + squared_norms.T - 2.0 * features @ features.T
-        return squared.clamp(min=1e-12).sqrt()
+        exact = features.double()
+        squared_norms = exact.pow(2).sum(1, keepdim=True)
+        squared = squared_norms + squared_norms.T - 2.0 * exact @ exact.T
+        return squared.clamp(min=1e-12).sqrt().to(torch.float32)
 
 
 class TripletOutput(NamedTuple):

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from reidnet.data.market import SYNTHETIC_MARKER
+from reidnet.data.market import SYNTHETIC_MARKER, SubsetCounts
 from reidnet.errors import ReidnetError
 
 logger = logging.getLogger(__name__)
@@ -71,15 +71,6 @@ PATTERNS = ("solid", "horizontal", "vertical", "checks")
 LOWER_SHAPES = ("trousers", "shorts", "skirt")
 HAIR_LENGTHS = ("short", "medium", "long")
 VIEWS = ("front", "back", "side")
-
-
-@dataclass(frozen=True)
-class SubsetCounts:
-    """What one folder holds. `identities` counts real people (pid > 0), not distractors."""
-
-    images: int
-    identities: int
-    cameras: int
 
 
 @dataclass(frozen=True)

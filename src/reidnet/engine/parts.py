@@ -20,7 +20,7 @@ from reidnet.data.validate import validate_dataset
 from reidnet.engine.batches import seed_everything
 from reidnet.engine.distributed import DistributedContext
 from reidnet.engine.optim import EpochSchedule, build_optimizer
-from reidnet.engine.step import compiled_or_eager
+from reidnet.engine.step import compiled_or_eager, warm_up
 from reidnet.errors import ReidnetError
 from reidnet.losses import ReidLoss
 from reidnet.model import ReIdentificationNet
@@ -58,10 +58,7 @@ def build_parts(
     """The run's parts in their one order; `identity_keys` are a resumed checkpoint's."""
     check_launch(spec, device, dist)
     if device.type == "cuda":
-        # The spec's cuDNN flags, as TAO applies them (benchmark pays off for fixed shapes).
-        torch.backends.cudnn.benchmark = spec.train.cudnn.benchmark
-        torch.backends.cudnn.deterministic = spec.train.cudnn.deterministic
-        torch.set_float32_matmul_precision("high")
+        apply_cuda_settings(spec)
     check_data(spec)
     if spec.train.seed >= 0:
         seed_everything(spec.train.seed)  # reproducible initial weights
@@ -102,10 +99,12 @@ def training_forward(parts: RunParts) -> torch.nn.Module:
     if compile_on is None:
         compile_on = device.type == "cuda"
     forward: torch.nn.Module = model
+    per_rank = spec.dataset.batch_size // parts.dist.world_size
+    shape = (per_rank, 3, spec.model.input_height, spec.model.input_width)
     if compile_on:
-        per_rank = spec.dataset.batch_size // parts.dist.world_size
-        shape = (per_rank, 3, spec.model.input_height, spec.model.input_width)
         forward = compiled_or_eager(model, shape, device, spec.train.amp)
+    elif device.type == "cuda":
+        warm_up(model, model, shape, device, spec.train.amp)  # the step's memory, before data
     if not parts.dist.enabled:
         return forward
     from torch.nn.parallel import DistributedDataParallel
@@ -119,6 +118,14 @@ def training_forward(parts: RunParts) -> torch.nn.Module:
     )
     # Compiling DDP itself lets the compiler split the graph at DDP's gradient buckets.
     return torch.compile(wrapped, dynamic=False) if forward is not model else wrapped
+
+
+def apply_cuda_settings(spec: ExperimentSpec) -> None:
+    """The spec's cuDNN flags, as TAO applies them (benchmark pays off for fixed shapes), and
+    TF32 matmuls for the network (the triplet distances stay in float64: losses.py)."""
+    torch.backends.cudnn.benchmark = spec.train.cudnn.benchmark
+    torch.backends.cudnn.deterministic = spec.train.cudnn.deterministic
+    torch.set_float32_matmul_precision("high")
 
 
 def check_launch(spec: ExperimentSpec, device: torch.device, dist: DistributedContext) -> None:

@@ -81,18 +81,17 @@ def compile_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def compiled_or_eager(
+def warm_up(
     model: torch.nn.Module,
+    forward: torch.nn.Module,
     batch_shape: tuple[int, ...],
     device: torch.device,
     amp: bool,
-) -> torch.nn.Module:
-    """`torch.compile(model)` if a warm-up step with it compiles, else `model` itself.
-
-    The warm-up runs forward and backward on random images of the training batch's shape; the
-    model's state (weights, BatchNorm statistics) and gradients are as before afterwards.
-    """
-    compiled = torch.compile(model, dynamic=False)
+) -> None:
+    """One forward and backward of `forward` (the model, or it compiled) on random images of
+    the training batch's shape; `model`'s weights, BatchNorm statistics and gradients are as
+    before afterwards. On CUDA the caching allocator keeps the step's memory, so what is free
+    afterwards (the share the decoded training images may take) leaves room for the model."""
     saved = {name: value.detach().clone() for name, value in model.state_dict().items()}
     images = torch.randn(batch_shape, device=device)
     if device.type == "cuda":
@@ -101,8 +100,24 @@ def compiled_or_eager(
     model.train()
     try:
         with autocast_for(device, amp):
-            outputs = compiled(images)
+            outputs = forward(images)
         sum(output.float().mean() for output in outputs).backward()
+    finally:
+        model.load_state_dict(saved)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+
+def compiled_or_eager(
+    model: torch.nn.Module,
+    batch_shape: tuple[int, ...],
+    device: torch.device,
+    amp: bool,
+) -> torch.nn.Module:
+    """`torch.compile(model)` if a warm-up step with it compiles, else `model` itself."""
+    compiled = torch.compile(model, dynamic=False)
+    try:
+        warm_up(model, compiled, batch_shape, device, amp)
     except compile_errors() as error:
         first_line = (str(error).strip().splitlines() or [""])[0]
         logger.warning(
@@ -112,8 +127,4 @@ def compiled_or_eager(
             first_line,
         )
         return model
-    finally:
-        model.load_state_dict(saved)
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
     return compiled

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reidnet.config import ExperimentSpec, default_spec_dict, shown, shown_key, validate_spec
+from reidnet.config import (
+    ExperimentSpec,
+    default_spec_dict,
+    shown,
+    shown_key,
+    validate_spec,
+)
 from reidnet.contracts import default_onnx_file
 from reidnet.errors import ReidnetError
 
@@ -165,16 +171,6 @@ def strip_nulls(specs: dict[str, Any]) -> dict[str, Any]:
             continue
         kept[key] = strip_nulls(value) if isinstance(value, dict) else value
     return kept
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def inherited_specs(source_specs: dict[str, Any] | None) -> dict[str, Any]:
