@@ -25,6 +25,7 @@ import yaml
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from reidnet.config import deep_merge
 from reidnet.contracts import (
     EVALUATION_FILE,
     LATEST_CHECKPOINT,
@@ -159,9 +160,7 @@ def plan_job(
     source = parent
     if source is None and action == "train" and experiment.base_experiment:
         source = owned_job(session, owner, experiment.base_experiment)
-    specs = job_specs.deep_merge(
-        job_specs.inherited_specs(source.specs if source else None), overrides
-    )
+    specs = deep_merge(job_specs.inherited_specs(source.specs if source else None), overrides)
     paths = job_specs.JobPaths(job_dir(settings, job_id), train_dirs=[])
     _plan_data(session, settings, experiment, action, paths)
     if source is not None:
@@ -531,7 +530,7 @@ class JobManager:
                     f"job {job.id!r} is {job.status}: only a Canceled or Error job can be resumed",
                     409,
                 )
-            specs = job_specs.deep_merge(job.specs, job_specs.check_user_specs(user_specs))
+            specs = deep_merge(job.specs, job_specs.check_user_specs(user_specs))
             experiment = session.get(Experiment, job.experiment_id)
             plan_job(
                 session, self.settings, experiment, job.action, job.parent_job_id, specs, job.id
