@@ -111,7 +111,7 @@ class TrainBatches:
 
     def _decoded(self):
         if self._store is None:
-            data, model = self.spec.dataset, self.spec.model
+            model = self.spec.model
             self._store = gpu.load_decoded(
                 [r.path for r in self.train_set.records],
                 model.input_height,
@@ -122,28 +122,12 @@ class TrainBatches:
                 verbose=self.dist.is_main,
             )
             self._labels = torch.tensor(self.train_set.labels).to(self.device)
-            self._augment = gpu.BatchAugment(
-                model.input_height,
-                model.input_width,
-                data.pixel_mean,
-                data.pixel_std,
-                flip_prob=data.prob,
-                padding=data.padding,
-                re_prob=data.re_prob,
-            )
+            self._augment = gpu.BatchAugment(**augmentation(self.spec))
         return self._store, self._labels, self._augment
 
     def _loader(self, batches: list[list[int]]) -> DataLoader:
-        data, model = self.spec.dataset, self.spec.model
-        transform = build_train_transform(
-            model.input_height,
-            model.input_width,
-            data.pixel_mean,
-            data.pixel_std,
-            flip_prob=data.prob,
-            padding=data.padding,
-            re_prob=data.re_prob,
-        )
+        data = self.spec.dataset
+        transform = build_train_transform(**augmentation(self.spec))
         records = self.train_set.records
         dataset = ImageDataset([r.path for r in records], transform, self.train_set.labels)
         workers = loader_workers(data.num_workers)
@@ -155,6 +139,20 @@ class TrainBatches:
             worker_init_fn=_seed_worker if workers else None,
             generator=torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item())),
         )
+
+
+def augmentation(spec: ExperimentSpec) -> dict:
+    """The spec's training augmentation, as both pipelines (tensor and per-image) take it."""
+    data, model = spec.dataset, spec.model
+    return {
+        "height": model.input_height,
+        "width": model.input_width,
+        "pixel_mean": data.pixel_mean,
+        "pixel_std": data.pixel_std,
+        "flip_prob": data.prob,
+        "padding": data.padding,
+        "re_prob": data.re_prob,
+    }
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -64,21 +64,12 @@ def _step_centers(parts: RunParts) -> None:
 
 
 def compile_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean "torch.compile cannot work here" (no compiler, no backend)."""
-    errors: list[type[BaseException]] = []
-    try:
-        from torch._dynamo.exc import TorchDynamoException
+    """The exceptions that mean "torch.compile cannot work here" (no compiler, no backend);
+    imported when asked, so importing the trainer does not load the compiler."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import InductorError
 
-        errors.append(TorchDynamoException)
-    except ImportError:  # pragma: no cover - every supported torch has it
-        pass
-    try:
-        from torch._inductor.exc import InductorError
-
-        errors.append(InductorError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
+    return (TorchDynamoException, InductorError)
 
 
 def warm_up(
