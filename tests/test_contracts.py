@@ -190,7 +190,7 @@ def test_losses_of_a_record_are_its_loss_terms():
 
 
 def test_the_service_shows_a_train_jobs_status_as_its_progress(tmp_path):
-    from reidnet.service.jobs import job_progress, job_result
+    from reidnet.service.reporting import job_progress, job_result
     from reidnet.service.schemas import JobProgress
 
     validation = {"mAP": 0.4, "rank-1": 0.6, "cmc": [0.6, 0.7]}

@@ -299,6 +299,16 @@ def epoch_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest checkpoint of a training run's folder: reid_model_latest.pth, else its last
+    epoch checkpoint (the latest link is missing); None before the first checkpoint."""
+    latest = Path(folder) / LATEST_CHECKPOINT
+    if latest.is_file():
+        return latest
+    epochs = epoch_checkpoints(folder)
+    return epochs[-1] if epochs else None
+
+
 def action_dir(results_dir: str | os.PathLike, action: str) -> Path:
     """`<results_dir>/<action>`: where an action writes unless its section says otherwise (a
     service job's results_dir is its job folder)."""

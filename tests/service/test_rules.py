@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reidnet.service.jobs import error_from_log
+from reidnet.service.reporting import error_from_log
 from reidnet.service.specs import (
     JobPaths,
     check_user_specs,

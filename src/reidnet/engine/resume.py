@@ -21,6 +21,7 @@ from reidnet.contracts import (
     Architecture,
     epoch_checkpoint_name,
     epoch_checkpoints,
+    latest_checkpoint,
 )
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine.parts import RunParts, state_summary
@@ -36,11 +37,6 @@ class Position:
     epoch: int = 0
     step_in_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def latest_checkpoint(results_dir: Path) -> Path | None:
-    latest = Path(results_dir) / LATEST_CHECKPOINT
-    return latest if latest.is_file() else None
 
 
 def resume_source(spec: ExperimentSpec, results_dir: Path) -> Path | None:

@@ -47,6 +47,10 @@ class ServiceSettings:
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
 
+    def job_dir(self, job_id: str) -> Path:
+        """A job's folder: its spec, log and results (the job's results_dir)."""
+        return self.jobs_dir / job_id
+
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"

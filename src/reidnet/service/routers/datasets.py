@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import shutil
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from python_multipart.exceptions import MultipartParseError
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from reidnet.service import schemas
 from reidnet.service.auth import Caller
 from reidnet.service.db import PROCESSING, Dataset, Experiment, new_id
-from reidnet.service.deps import ServiceState, current_caller, get_session, get_state
+from reidnet.service.deps import CallerDep, OwnedDataset, ServiceState, SessionDep, StateDep
 from reidnet.service.errors import ServiceError
-from reidnet.service.jobs import owned_dataset
 from reidnet.service.storage import (
     ARCHIVE_SUFFIXES,
     MultipartUpload,
@@ -28,9 +26,7 @@ router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
 @router.post("", status_code=201, response_model=schemas.DatasetCreated)
 async def upload_dataset(
-    request: Request,
-    caller: Caller = Depends(current_caller),
-    state: ServiceState = Depends(get_state),
+    request: Request, caller: CallerDep, state: StateDep
 ) -> schemas.DatasetCreated:
     """Upload a .tar, .tar.gz or .zip (multipart part `file`, optional `name`).
 
@@ -91,10 +87,7 @@ def _add_dataset(state: ServiceState, caller: Caller, dataset_id: str, name: str
 
 
 @router.get("", response_model=list[schemas.Dataset])
-def list_datasets(
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-) -> list[Dataset]:
+def list_datasets(caller: CallerDep, session: SessionDep) -> list[Dataset]:
     """The caller's datasets, newest first."""
     return list(
         session.scalars(
@@ -104,24 +97,17 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=schemas.Dataset)
-def get_dataset(
-    dataset_id: str,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-) -> Dataset:
+def get_dataset(dataset: OwnedDataset) -> Dataset:
     """Status, split folders, the validator's findings and the statistics."""
-    return owned_dataset(session, caller.id, dataset_id)
+    return dataset
 
 
 @router.delete("/{dataset_id}", response_model=schemas.Deleted)
 def delete_dataset(
-    dataset_id: str,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-    state: ServiceState = Depends(get_state),
+    dataset: OwnedDataset, caller: CallerDep, session: SessionDep, state: StateDep
 ) -> schemas.Deleted:
     """Delete a dataset no experiment uses, with its files."""
-    dataset = owned_dataset(session, caller.id, dataset_id)
+    dataset_id = dataset.id
     if dataset.status == PROCESSING:
         raise ServiceError(f"dataset {dataset_id!r} is still processing: delete it after", 409)
     experiments = session.scalars(select(Experiment).where(Experiment.owner_id == caller.id))

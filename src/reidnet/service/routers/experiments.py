@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -10,19 +10,13 @@ from reidnet.config import ACTIONS, spec_json_schema
 from reidnet.service import schemas
 from reidnet.service.auth import Caller
 from reidnet.service.db import PENDING, RUNNING, Experiment, Job, new_id
-from reidnet.service.deps import ServiceState, current_caller, get_session, get_state
-from reidnet.service.errors import ServiceError, not_found
-from reidnet.service.jobs import owned_dataset, owned_job, remove_job_files
+from reidnet.service.deps import CallerDep, OwnedExperiment, SessionDep, StateDep
+from reidnet.service.errors import ServiceError
+from reidnet.service.jobs import remove_job_files
+from reidnet.service.ownership import owned_dataset, owned_job
 from reidnet.service.specs import all_server_owned_keys, default_specs
 
 router = APIRouter(prefix="/api/v1/experiments", tags=["experiments"])
-
-
-def owned_experiment(session: Session, owner_id: int, experiment_id: str) -> Experiment:
-    experiment = session.get(Experiment, experiment_id)
-    if experiment is None or experiment.owner_id != owner_id:
-        raise not_found("experiment", experiment_id)
-    return experiment
 
 
 def _check_references(session: Session, caller: Caller, values: dict) -> None:
@@ -42,9 +36,7 @@ def _check_references(session: Session, caller: Caller, values: dict) -> None:
 
 @router.post("", status_code=201, response_model=schemas.Experiment)
 def create_experiment(
-    request: schemas.ExperimentCreate,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
+    request: schemas.ExperimentCreate, caller: CallerDep, session: SessionDep
 ) -> Experiment:
     values = request.model_dump()
     _check_references(session, caller, values)
@@ -55,10 +47,7 @@ def create_experiment(
 
 
 @router.get("", response_model=list[schemas.Experiment])
-def list_experiments(
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-) -> list[Experiment]:
+def list_experiments(caller: CallerDep, session: SessionDep) -> list[Experiment]:
     return list(
         session.scalars(
             select(Experiment)
@@ -69,23 +58,18 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=schemas.Experiment)
-def get_experiment(
-    experiment_id: str,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-) -> Experiment:
-    return owned_experiment(session, caller.id, experiment_id)
+def get_experiment(experiment: OwnedExperiment) -> Experiment:
+    return experiment
 
 
 @router.patch("/{experiment_id}", response_model=schemas.Experiment)
 def update_experiment(
-    experiment_id: str,
     request: schemas.ExperimentUpdate,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
+    experiment: OwnedExperiment,
+    caller: CallerDep,
+    session: SessionDep,
 ) -> Experiment:
     """Change the name, datasets or base; fields left out keep their value, null clears one."""
-    experiment = owned_experiment(session, caller.id, experiment_id)
     values = request.model_dump(exclude_unset=True)
     if "name" in values and values["name"] is None:
         raise ServiceError("name cannot be null")
@@ -100,18 +84,14 @@ def update_experiment(
 
 @router.delete("/{experiment_id}", response_model=schemas.Deleted)
 def delete_experiment(
-    experiment_id: str,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-    state: ServiceState = Depends(get_state),
+    experiment: OwnedExperiment, session: SessionDep, state: StateDep
 ) -> schemas.Deleted:
     """Delete an experiment and all its jobs' files; refused while one of its jobs is active."""
-    experiment = owned_experiment(session, caller.id, experiment_id)
-    jobs = list(session.scalars(select(Job).where(Job.experiment_id == experiment_id)))
+    jobs = list(session.scalars(select(Job).where(Job.experiment_id == experiment.id)))
     active = [job.id for job in jobs if job.status in (PENDING, RUNNING)]
     if active:
         raise ServiceError(
-            f"experiment {experiment_id!r} has active jobs ({', '.join(active)}): cancel them "
+            f"experiment {experiment.id!r} has active jobs ({', '.join(active)}): cancel them "
             "first",
             409,
         )
@@ -122,21 +102,19 @@ def delete_experiment(
     session.commit()
     for job in jobs:
         remove_job_files(state.settings, job.id)
-    return schemas.Deleted(id=experiment_id)
+    return schemas.Deleted(id=experiment.id)
 
 
 @router.get("/{experiment_id}/specs/{action}/schema", response_model=schemas.SpecSchema)
 def spec_schema(
-    experiment_id: str,
+    experiment_id: str,  # declared so the docs list it first, as the path does
     action: str,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
+    _experiment: OwnedExperiment,
 ) -> schemas.SpecSchema:
     """Every spec key with its default and the JSON schema; path keys are the server's.
 
     Submit a job with `specs` holding only the keys to change (the defaults need not be sent).
     """
-    owned_experiment(session, caller.id, experiment_id)
     if action not in ACTIONS:
         raise ServiceError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}", 404)
     return schemas.SpecSchema(

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy import select
@@ -23,27 +23,26 @@ from sqlalchemy.orm import Session
 
 from reidnet.config import shown
 from reidnet.service import schemas
-from reidnet.service.auth import Caller
 from reidnet.service.db import FINISHED_STATES, Job
-from reidnet.service.deps import ServiceState, current_caller, get_session, get_state
-from reidnet.service.errors import ServiceError, not_found
-from reidnet.service.jobs import LOG_FILE, job_dir, job_progress, owned_job
-from reidnet.service.routers.experiments import owned_experiment
+from reidnet.service.deps import (
+    CallerDep,
+    OwnedExperiment,
+    OwnedJob,
+    ServiceState,
+    SessionDep,
+    StateDep,
+)
+from reidnet.service.errors import ServiceError
+from reidnet.service.jobs import LOG_FILE
+from reidnet.service.ownership import experiment_job
+from reidnet.service.reporting import job_progress
 from reidnet.service.settings import ServiceSettings
 
 router = APIRouter(prefix="/api/v1/experiments/{experiment_id}/jobs", tags=["jobs"])
 
 
-def experiment_job(session: Session, caller: Caller, experiment_id: str, job_id: str) -> Job:
-    owned_experiment(session, caller.id, experiment_id)
-    job = owned_job(session, caller.id, job_id)
-    if job.experiment_id != experiment_id:
-        raise not_found("job", job_id)
-    return job
-
-
 def job_view(session: Session, state: ServiceState, job: Job) -> schemas.Job:
-    folder = job_dir(state.settings, job.id)
+    folder = state.settings.job_dir(job.id)
     progress = job_progress(folder, job.action) if job.action == "train" else None
     return schemas.Job(
         id=job.id,
@@ -66,18 +65,13 @@ def job_view(session: Session, state: ServiceState, job: Job) -> schemas.Job:
 
 @router.post("", status_code=201, response_model=schemas.JobCreated)
 def submit_job(
-    experiment_id: str,
-    request: schemas.JobCreate,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-    state: ServiceState = Depends(get_state),
+    request: schemas.JobCreate, experiment: OwnedExperiment, session: SessionDep, state: StateDep
 ) -> schemas.JobCreated:
     """Queue a job. Specs are partial overrides, validated now (400 names the key).
 
     Evaluate, inference and export need `parent_job_id` (a train job) and use its checkpoint;
     they wait for it to end. A train job with a parent fine-tunes from the parent's checkpoint.
     """
-    experiment = owned_experiment(session, caller.id, experiment_id)
     job = state.jobs.submit(
         session, experiment, request.action, request.parent_job_id, request.specs
     )
@@ -86,58 +80,37 @@ def submit_job(
 
 @router.get("", response_model=list[schemas.Job])
 def list_jobs(
-    experiment_id: str,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-    state: ServiceState = Depends(get_state),
+    experiment: OwnedExperiment, session: SessionDep, state: StateDep
 ) -> list[schemas.Job]:
     """The experiment's jobs in submission order."""
-    owned_experiment(session, caller.id, experiment_id)
     jobs = session.scalars(
-        select(Job).where(Job.experiment_id == experiment_id).order_by(Job.created_at)
+        select(Job).where(Job.experiment_id == experiment.id).order_by(Job.created_at)
     )
     return [job_view(session, state, job) for job in jobs]
 
 
 @router.post("/{job_id}:cancel", response_model=schemas.Job)
-def cancel_job(
-    experiment_id: str,
-    job_id: str,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-    state: ServiceState = Depends(get_state),
-) -> schemas.Job:
+def cancel_job(job: OwnedJob, session: SessionDep, state: StateDep) -> schemas.Job:
     """Cancel a queued job, or stop a running one (a train job writes a checkpoint first)."""
-    job = state.jobs.cancel(session, experiment_job(session, caller, experiment_id, job_id))
-    return job_view(session, state, job)
+    return job_view(session, state, state.jobs.cancel(session, job))
 
 
 @router.post("/{job_id}:resume", response_model=schemas.Job)
 def resume_job(
-    experiment_id: str,
-    job_id: str,
+    job: OwnedJob,
+    session: SessionDep,
+    state: StateDep,
     request: schemas.JobResume | None = Body(None),
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-    state: ServiceState = Depends(get_state),
 ) -> schemas.Job:
     """Queue a Canceled or Error job again; a train job continues from its latest checkpoint."""
-    job = experiment_job(session, caller, experiment_id, job_id)
     job = state.jobs.resume(session, job, request.specs if request else None)
     return job_view(session, state, job)
 
 
 @router.get("/{job_id}:list_files", response_model=list[schemas.FileEntry])
-def list_files(
-    experiment_id: str,
-    job_id: str,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-    state: ServiceState = Depends(get_state),
-) -> list[schemas.FileEntry]:
+def list_files(job: OwnedJob, state: StateDep) -> list[schemas.FileEntry]:
     """Every file in the job's folder, paths relative to it."""
-    job = experiment_job(session, caller, experiment_id, job_id)
-    folder = job_dir(state.settings, job.id)
+    folder = state.settings.job_dir(job.id)
     return [
         schemas.FileEntry(
             path=str(path.relative_to(folder)),
@@ -164,17 +137,13 @@ def _job_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
 
 @router.get("/{job_id}:download", response_class=FileResponse)
 def download(
-    experiment_id: str,
-    job_id: str,
+    job: OwnedJob,
+    state: StateDep,
     file: str | None = Query(None, description="A path from :list_files; else the folder."),
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-    state: ServiceState = Depends(get_state),
 ) -> FileResponse:
     """One file, or the job's folder: a tar.gz once the job has ended (built once; like a file
     it answers HTTP Range requests, to resume), a tar streamed as it is read while it runs."""
-    job = experiment_job(session, caller, experiment_id, job_id)
-    folder = job_dir(state.settings, job.id)
+    folder = state.settings.job_dir(job.id)
     if file is not None:
         path = job_file(folder, file)
         return FileResponse(path, filename=path.name, media_type="application/octet-stream")
@@ -236,7 +205,7 @@ def job_archive(settings: ServiceSettings, job: Job) -> Path:
 
 
 def _build_archive(settings: ServiceSettings, job: Job, target: Path) -> None:
-    folder = job_dir(settings, job.id)
+    folder = settings.job_dir(job.id)
     for stale in settings.cache_dir.glob(f"{job.id}-*.tar.gz"):  # the job ran again since
         stale.unlink(missing_ok=True)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
@@ -284,17 +253,19 @@ def stream_folder_tar(folder: Path, prefix: str) -> Iterator[bytes]:
 async def job_logs(
     experiment_id: str,
     job_id: str,
+    caller: CallerDep,
+    state: StateDep,
     tail: int | None = Query(None, ge=1, le=1_000_000, description="Only the last N lines."),
     follow: bool = Query(False, description="Keep streaming until the job ends."),
-    caller: Caller = Depends(current_caller),
-    state: ServiceState = Depends(get_state),
 ):
     """The job's output (stdout and stderr of its process), as text."""
 
+    # Looked up in a session of its own, not SessionDep's: a followed log streams for as long
+    # as the job runs, and must not hold a pooled connection meanwhile.
     def find() -> Path:
         with state.database.session() as session:
-            job = experiment_job(session, caller, experiment_id, job_id)
-            return job_dir(state.settings, job.id) / LOG_FILE
+            job = experiment_job(session, caller.id, experiment_id, job_id)
+            return state.settings.job_dir(job.id) / LOG_FILE
 
     log_file = await run_in_threadpool(find)
     start = await run_in_threadpool(_tail_offset, log_file, tail)
@@ -360,25 +331,13 @@ async def _follow(
 
 
 @router.get("/{job_id}", response_model=schemas.Job)
-def get_job(
-    experiment_id: str,
-    job_id: str,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-    state: ServiceState = Depends(get_state),
-) -> schemas.Job:
+def get_job(job: OwnedJob, session: SessionDep, state: StateDep) -> schemas.Job:
     """Status, timestamps, progress (epoch, losses, images/s, ETA), result and error."""
-    return job_view(session, state, experiment_job(session, caller, experiment_id, job_id))
+    return job_view(session, state, job)
 
 
 @router.delete("/{job_id}", response_model=schemas.Deleted)
-def delete_job(
-    experiment_id: str,
-    job_id: str,
-    caller: Caller = Depends(current_caller),
-    session: Session = Depends(get_session, scope="function"),
-    state: ServiceState = Depends(get_state),
-) -> schemas.Deleted:
+def delete_job(job: OwnedJob, session: SessionDep, state: StateDep) -> schemas.Deleted:
     """Delete an ended job and its folder."""
-    state.jobs.delete(session, experiment_job(session, caller, experiment_id, job_id))
-    return schemas.Deleted(id=job_id)
+    state.jobs.delete(session, job)
+    return schemas.Deleted(id=job.id)
