@@ -1,13 +1,21 @@
-"""Executor pieces that need no cluster: the Ray entrypoint's stop rules and exit statuses, and the
-promise that nothing imports Ray unless `--executor ray` is chosen."""
+"""Executor pieces that need no cluster: the Ray entrypoint's stop rules and exit statuses, how
+orphaned job processes are found and stopped, and the promise that nothing imports Ray unless
+`--executor ray` is chosen."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
-from reidnet.service.executor import group_members
+import psutil
+import pytest
+
+from reidnet.service.executor import LocalProcessExecutor, group_members
 from reidnet.service.ray_entry import Control, read_control, run, stop_request, write_control
 
 
@@ -52,6 +60,83 @@ def test_group_members_lists_live_processes_of_a_group():
         sleeper.kill()
         sleeper.wait()
     assert group_members(sleeper.pid) == []
+
+
+def test_a_zombie_is_not_a_live_member_of_its_group():
+    ended = subprocess.Popen(["true"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(ended.pid).status() != psutil.STATUS_ZOMBIE:  # exited, not reaped
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.05)
+        assert group_members(ended.pid) == []
+        assert LocalProcessExecutor().poll({"pid": ended.pid}) is not None  # not ours: ended
+    finally:
+        ended.wait()
+
+
+# The job's leader exits on SIGTERM (as the trainer does, after its checkpoint); its worker, which
+# names the job folder on its command line, ignores SIGTERM; a helper that does not name it (as a
+# process that reused an id would not) must be left alone.
+ORPHAN_LEADER = """
+import signal, subprocess, sys, time
+folder = sys.argv[1]
+worker = (
+    "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "pathlib.Path(sys.argv[1], 'worker-ready').touch(); time.sleep(120)"
+)
+subprocess.Popen([sys.executable, "-c", worker, folder])
+unrelated = subprocess.Popen(["sleep", "120"])
+open(folder + "/unrelated.pid", "w").write(str(unrelated.pid))
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+time.sleep(120)
+"""
+
+
+def test_reaping_an_orphan_sigterms_its_leader_and_kills_its_job_processes_after_the_grace(
+    tmp_path,
+):
+    folder = tmp_path / "jobs" / "j1"
+    folder.mkdir(parents=True)
+    leader = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_LEADER, str(folder)], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (folder / "worker-ready").exists() or not (folder / "unrelated.pid").exists():
+            assert time.monotonic() < deadline and leader.poll() is None, "the job never started"
+            time.sleep(0.05)
+        unrelated = psutil.Process(int((folder / "unrelated.pid").read_text()))
+        members = group_members(leader.pid)
+        assert leader.pid in members and unrelated.pid in members and len(members) == 3
+        worker = next(p for p in members if p not in (leader.pid, unrelated.pid))
+
+        started = time.monotonic()
+        handle = {"executor": "local", "host": socket.gethostname(), "pid": leader.pid}
+        LocalProcessExecutor().reap_orphan(handle, folder, grace_seconds=1.0)
+        assert time.monotonic() - started >= 1.0  # the worker ignored SIGTERM: the grace ran
+        assert leader.wait(timeout=5) == 0  # SIGTERM, handled: it exited on its own
+        assert group_members(leader.pid) == [unrelated.pid]  # the worker was killed
+        assert (
+            not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+
+
+def test_reaping_skips_a_handle_from_another_host(tmp_path):
+    sleep = "import time; time.sleep(30)"
+    sleeper = subprocess.Popen([sys.executable, "-c", sleep, str(tmp_path)], start_new_session=True)
+    try:
+        handle = {"executor": "local", "host": "another-host", "pid": sleeper.pid}
+        LocalProcessExecutor().reap_orphan(handle, tmp_path, grace_seconds=0)
+        with pytest.raises(subprocess.TimeoutExpired):  # still running a second later
+            sleeper.wait(timeout=1)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_nothing_imports_ray_unless_the_ray_executor_is_chosen(tmp_path):

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from reidnet.service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -198,54 +200,45 @@ def _kill_group(pgid: int) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:  # someone else's: it exists
         return True
-    state = _proc_stat(pid)
-    return state is None or state[0] != "Z"
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, process group) from /proc, or None where there is no /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[2])
+def _group(pgid: int) -> list[psutil.Process]:
+    """Live processes of process group `pgid`, zombies left out."""
+    members = []
+    for process in psutil.process_iter(["status"]):
+        if process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if os.getpgid(process.pid) == pgid:
+                members.append(process)
+        except OSError:  # ended meanwhile
+            continue
+    return members
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live processes of process group `pgid`, from /proc (empty where there is no /proc)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
-    members = []
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            state = _proc_stat(int(entry.name))
-            if state is not None and state[1] == pgid and state[0] != "Z":
-                members.append(int(entry.name))
-    return members
+    """Live processes of process group `pgid`, by process id (zombies left out)."""
+    return [process.pid for process in _group(pgid)]
 
 
 def _job_processes(pgid: int, marker: str) -> list[int]:
     """Live processes of group `pgid` whose command line names the job folder.
 
-    Checking the command line keeps a reused process id from being killed. Without /proc (not
-    Linux) the stored group is trusted.
+    Checking the command line keeps a reused process id from being killed.
     """
-    if not Path("/proc").is_dir():
-        return [pgid] if _alive(pgid) else []
     members = []
-    for pid in group_members(pgid):
+    for process in _group(pgid):
         try:
-            command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
+            command_line = process.cmdline()
+        except psutil.Error:  # ended meanwhile, or not ours to read
             continue
-        if marker.encode() in command_line:
-            members.append(pid)
+        if any(marker in argument for argument in command_line):
+            members.append(process.pid)
     return members
