@@ -11,15 +11,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
 from reidnet.errors import ReidnetError
+from reidnet.service.settings import ENV_PREFIX, MIB, ServiceSettings  # `serve`'s defaults
 
 
 def _console(stderr: bool = False) -> Console:
@@ -707,35 +709,63 @@ DatabaseOption = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="SQLAlchemy URL (e.g. postgresql+psycopg://...); default SQLite in --data-dir.",
+        help="SQLAlchemy URL (e.g. postgresql+psycopg://...); default $REIDNET_DATABASE_URL, "
+        "else SQLite in --data-dir.",
     ),
 ]
 
 
+def _default(setting: str) -> Any:
+    """A ServiceSettings default, as a `serve` option's (sizes, `*_bytes`, in MiB)."""
+    default = ServiceSettings.model_fields[setting].default
+    return default // MIB if setting.endswith("_bytes") else default
+
+
+# `serve`'s options that set a ServiceSettings field (sizes in MiB there, bytes in the field)
+SERVE_SETTINGS = {
+    "database_url": "database_url",
+    "max_jobs": "max_jobs",
+    "max_upload_mb": "max_upload_bytes",
+    "max_dataset_mb": "max_dataset_bytes",
+    "max_dataset_files": "max_dataset_files",
+    "cancel_grace": "cancel_grace_seconds",
+    "executor": "executor",
+    "ray_address": "ray_address",
+    "ray_gpus": "ray_gpus",
+    "ray_job_cpus": "ray_job_cpus",
+    "ray_schedule_timeout": "ray_schedule_timeout_seconds",
+}
+
+
 @app.command("serve")
 def serve_command(
+    context: typer.Context,
     data_dir: DataDirOption,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    max_jobs: Annotated[int, typer.Option(min=1, help="Jobs running at once; more queue.")] = 1,
+    max_jobs: Annotated[int, typer.Option(help="Jobs running at once; more queue.")] = _default(
+        "max_jobs"
+    ),
     database_url: DatabaseOption = None,
-    max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest dataset upload.")] = 20480,
+    max_upload_mb: Annotated[int, typer.Option(help="Largest dataset upload.")] = _default(
+        "max_upload_bytes"
+    ),
     max_dataset_mb: Annotated[
-        int, typer.Option(min=1, help="Largest unpacked size of a dataset archive.")
-    ] = 51200,
+        int, typer.Option(help="Largest unpacked size of a dataset archive.")
+    ] = _default("max_dataset_bytes"),
     max_dataset_files: Annotated[
-        int, typer.Option(min=1, help="Most entries in a dataset archive.")
-    ] = 1_000_000,
+        int, typer.Option(help="Most entries in a dataset archive.")
+    ] = _default("max_dataset_files"),
     cancel_grace: Annotated[
-        float, typer.Option(min=0, help="Seconds a canceled job may take to checkpoint.")
-    ] = 60.0,
+        float, typer.Option(help="Seconds a canceled job may take to checkpoint.")
+    ] = _default("cancel_grace_seconds"),
     executor: Annotated[
         str,
         typer.Option(
             help="Where jobs run: 'local' (child processes of the server) or 'ray' (Ray jobs "
             "on the cluster at --ray-address; they outlive a server restart)."
         ),
-    ] = "local",
+    ] = _default("executor"),
     ray_address: Annotated[
         str | None,
         typer.Option(
@@ -749,37 +779,28 @@ def serve_command(
             help="'auto': jobs ask for GPUs (train.num_gpus; one for the others) only when the "
             "cluster has GPUs; 'always': even when it has none yet (an autoscaler adds them)."
         ),
-    ] = "auto",
-    ray_job_cpus: Annotated[float, typer.Option(min=0, help="CPUs each Ray job asks for.")] = 1.0,
+    ] = _default("ray_gpus"),
+    ray_job_cpus: Annotated[float, typer.Option(help="CPUs each Ray job asks for.")] = _default(
+        "ray_job_cpus"
+    ),
     ray_schedule_timeout: Annotated[
         float,
         typer.Option(
-            min=0,
             help="Seconds a Ray job may wait to be placed before, if no node could ever hold "
-            "it, it ends Error naming the missing resource.",
+            "it, it ends Error naming the missing resource."
         ),
-    ] = 600.0,
+    ] = _default("ray_schedule_timeout_seconds"),
 ) -> None:
-    """Run the fine-tuning REST API (docs at /docs); jobs run as child processes, or on Ray."""
+    """Run the fine-tuning REST API (docs at /docs); jobs run as child processes, or on Ray.
+
+    An option left out is read from the environment variable REIDNET_<SETTING> if set
+    (REIDNET_MAX_JOBS, REIDNET_EXECUTOR; sizes in bytes: REIDNET_MAX_UPLOAD_BYTES).
+    """
     import uvicorn
 
     from reidnet.service.app import create_app
-    from reidnet.service.settings import MIB, ServiceSettings
 
-    settings = ServiceSettings(
-        data_dir=data_dir,
-        database_url=database_url,
-        max_jobs=max_jobs,
-        max_upload_bytes=max_upload_mb * MIB,
-        max_dataset_bytes=max_dataset_mb * MIB,
-        max_dataset_files=max_dataset_files,
-        cancel_grace_seconds=cancel_grace,
-        executor=_choice("--executor", executor, ("local", "ray")),
-        ray_address=ray_address,
-        ray_gpus=_choice("--ray-gpus", ray_gpus, ("auto", "always")),
-        ray_job_cpus=ray_job_cpus,
-        ray_schedule_timeout_seconds=ray_schedule_timeout,
-    )
+    settings = _service_settings(data_dir, {}, context)
     if host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger(__name__).warning(
             "listening on %s: API keys travel in clear text unless a TLS proxy is in front", host
@@ -791,10 +812,49 @@ def serve_command(
     )
 
 
-def _choice(option: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ReidnetError(f"{option} {value!r} must be one of: {', '.join(choices)}")
-    return value
+def _service_settings(
+    data_dir: Path, given: dict[str, tuple[str, Any]], context: typer.Context | None = None
+) -> ServiceSettings:
+    """The service's settings: `given` (setting -> (option parameter, value)) and, with
+    `context`, every option of SERVE_SETTINGS given on its command line; the others from
+    REIDNET_<SETTING> environment variables, else their defaults.
+
+    A value out of range, from an option or the environment, is a ReidnetError naming it.
+    """
+    if context is not None:
+        given = given | {
+            SERVE_SETTINGS[name]: (name, value)
+            for name, value in context.params.items()
+            if name in SERVE_SETTINGS and _from_command_line(context, name)
+        }
+    values = {
+        setting: value * MIB if setting.endswith("_bytes") else value
+        for setting, (_, value) in given.items()
+    }
+    try:
+        return ServiceSettings(data_dir=data_dir, **values)
+    except ValidationError as error:
+        problems = []
+        for problem in error.errors():
+            setting = str(problem["loc"][0]) if problem["loc"] else ""
+            if setting in given:
+                name, value = given[setting]
+                where = f"--{name.replace('_', '-')} {value!r}"
+            else:
+                where = f"{ENV_PREFIX}{setting.upper()}={problem['input']!r}"
+            problems.append(f"{where}: {problem['msg']}")
+        raise ReidnetError("; ".join(problems)) from None
+
+
+def _from_command_line(context: typer.Context, name: str) -> bool:
+    # By name: typer ships its own copy of click, whose ParameterSource is not click's.
+    source = context.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _database_option(database_url: str | None) -> dict[str, tuple[str, Any]]:
+    """--database-url when given (else REIDNET_DATABASE_URL, else SQLite in the data folder)."""
+    return {"database_url": ("database_url", database_url)} if database_url else {}
 
 
 @users_app.command("create")
@@ -806,9 +866,8 @@ def users_create(
     """Add a user; the new API key is printed once, as the last line (only its hash is kept)."""
     from reidnet.service.auth import create_user
     from reidnet.service.db import Database
-    from reidnet.service.settings import ServiceSettings
 
-    settings = ServiceSettings(data_dir=data_dir, database_url=database_url)
+    settings = _service_settings(data_dir, _database_option(database_url))
     settings.make_folders()
     database = Database(settings.url)
     database.create_all()
@@ -820,9 +879,8 @@ def users_create(
 
 def _service_database(data_dir: Path, database_url: str | None):
     from reidnet.service.db import Database
-    from reidnet.service.settings import ServiceSettings
 
-    settings = ServiceSettings(data_dir=data_dir, database_url=database_url)
+    settings = _service_settings(data_dir, _database_option(database_url))
     settings.make_folders()
     database = Database(settings.url)
     database.create_all()

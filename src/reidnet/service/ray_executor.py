@@ -33,11 +33,10 @@ from reidnet.service.executor import (
     LocalProcessExecutor,
 )
 from reidnet.service.ray_entry import CONTROL_FILE, Control, read_control, write_control
-from reidnet.service.settings import ServiceSettings
+from reidnet.service.settings import GPU_POLICIES, ServiceSettings
 
 logger = logging.getLogger(__name__)
 
-GPU_POLICIES = ("auto", "always")
 CALL_TIMEOUT_SECONDS = 30.0  # Ray's client sets no timeout: a hung dashboard must not hang us
 STOP_MARGIN_SECONDS = 15.0  # after the grace period, before Ray's own stop is used
 WARN_EVERY_SECONDS = 60.0

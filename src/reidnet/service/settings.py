@@ -1,34 +1,52 @@
-"""Where the service keeps its state and the limits it enforces, set by `reidnet serve` options."""
+"""Where the service keeps its state and the limits it enforces.
+
+Each setting has its default here only. `reidnet serve` options set them (sizes in MiB there, in
+bytes here); an option left out comes from the environment variable REIDNET_<SETTING>
+(REIDNET_MAX_JOBS=4, REIDNET_MAX_UPLOAD_BYTES=...), else the default below.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+ENV_PREFIX = "REIDNET_"
+# "local": child processes here; "ray": Ray jobs (ray_* below)
+Executor = Literal["local", "ray"]
+# "auto": ask for GPUs only if the cluster has some; "always": even when it has none yet
+GpuPolicy = Literal["auto", "always"]
+GPU_POLICIES = get_args(GpuPolicy)
 
 
-@dataclass
-class ServiceSettings:
+class ServiceSettings(BaseSettings):
     """Everything `create_app` needs; every folder lies under `data_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     data_dir: Path
     database_url: str | None = None
-    max_jobs: int = 1
-    max_upload_bytes: int = 20 * GIB
-    max_dataset_bytes: int = 50 * GIB
-    max_dataset_files: int = 1_000_000
-    cancel_grace_seconds: float = 60.0
-    poll_seconds: float = 0.5
-    executor: str = "local"  # "local": child processes here; "ray": Ray jobs (ray_* below)
+    max_jobs: int = Field(1, ge=1)
+    max_upload_bytes: int = Field(20 * GIB, ge=1)
+    max_dataset_bytes: int = Field(50 * GIB, ge=1)
+    max_dataset_files: int = Field(1_000_000, ge=1)
+    cancel_grace_seconds: float = Field(60.0, ge=0)
+    poll_seconds: float = Field(0.5, gt=0)
+    executor: Executor = "local"
     ray_address: str | None = None  # the cluster's Jobs API (dashboard) URL
-    ray_gpus: str = "auto"  # "auto": ask for GPUs only if the cluster has some; "always"
-    ray_job_cpus: float = 1.0
-    ray_schedule_timeout_seconds: float = 600.0  # then a job no node can hold ends Error
+    ray_gpus: GpuPolicy = "auto"
+    ray_job_cpus: float = Field(1.0, ge=0)
+    # A Ray job waits this long to be placed, then ends Error if no node could ever hold it.
+    ray_schedule_timeout_seconds: float = Field(600.0, ge=0)
 
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir).resolve()
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, data_dir: Path) -> Path:
+        return data_dir.resolve()
 
     @property
     def url(self) -> str:
