@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 
 # Set to a PostgreSQL URL (an account that may CREATE DATABASE), every LiveServer keeps its
 # state in a fresh database of that server instead of SQLite: .ci/run runs the service suite so.
@@ -44,6 +45,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def wait_until_answers(url: str, timeout: float, process: subprocess.Popen | None = None) -> bool:
+    """Poll `url` until it answers 200: True. False after `timeout` seconds, or as soon as
+    `process` (the server that should answer) has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 def reidnet_command(*args: str) -> list[str]:
@@ -101,16 +118,10 @@ class LiveServer:
         )
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"reidnet serve exited:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        if wait_until_answers(f"{self.url}/api/v1/health", timeout, self.process):
+            return self
+        if self.process.poll() is not None:
+            raise RuntimeError(f"reidnet serve exited:\n{self.log()}")
         raise RuntimeError(f"reidnet serve did not answer in {timeout} s:\n{self.log()}")
 
     def kill(self) -> None:
@@ -151,18 +162,13 @@ def make_archive(source: Path, target: Path) -> Path:
 
 
 def job_processes(marker: str) -> list[int]:
-    """Process ids whose command line mentions `marker` (Linux /proc), zombies excluded."""
+    """Process ids whose command line mentions `marker`, zombies excluded."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if process.pid == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        try:
-            command = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in command and state != "Z":
-            found.append(int(entry.name))
+        if any(marker in argument for argument in process.info["cmdline"] or ()):
+            found.append(process.pid)
     return found
 
 

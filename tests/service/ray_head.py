@@ -8,12 +8,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
-from live_server import free_port
+from live_server import free_port, wait_until_answers
 
 
 def ray_command(*args: str) -> list[str]:
@@ -61,14 +58,8 @@ class RayHead:
         if started.returncode != 0:
             self.stop()
             raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the job agent answers a moment after the head
-            try:
-                if httpx.get(f"{self.address}/api/version", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        if wait_until_answers(f"{self.address}/api/version", 60):  # a moment after the head
+            return self
         self.stop()
         raise RuntimeError(f"the Ray dashboard at {self.address} did not answer in 60 s")
 
