@@ -22,6 +22,7 @@ from reidnet.contracts import (
     epoch_checkpoint_name,
     epoch_checkpoints,
     job_file,
+    latest_checkpoint,
     losses_of,
 )
 from reidnet.errors import ReidnetError
@@ -237,6 +238,15 @@ def test_epoch_checkpoints_are_listed_by_epoch_not_by_name(tmp_path):
     found = [path.name for path in epoch_checkpoints(tmp_path)]
     assert found == ["model_epoch_002.pth", "model_epoch_999.pth", "model_epoch_1000.pth"]
     assert epoch_checkpoints(tmp_path / "absent") == []
+
+
+def test_the_latest_checkpoint_is_the_latest_link_else_the_newest_epoch(tmp_path):
+    assert latest_checkpoint(tmp_path) is None  # before the first checkpoint
+    for name in ("model_epoch_002.pth", "model_epoch_010.pth", "reid_model_best.pth"):
+        (tmp_path / name).write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == tmp_path / "model_epoch_010.pth"  # the link is missing
+    (tmp_path / "reid_model_latest.pth").write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == tmp_path / "reid_model_latest.pth"
 
 
 def test_the_service_spec_and_the_export_action_agree_on_the_onnx_file(tmp_path):

@@ -73,6 +73,27 @@ def test_another_user_gets_404_never_the_data(alice, bob, dataset_id, experiment
     alice.post(f"{jobs}/{job}:cancel")
 
 
+def test_a_job_is_found_only_under_its_own_experiment_of_its_own_owner(alice, bob, experiment_id):
+    jobs = f"/api/v1/experiments/{experiment_id}/jobs"
+    job = alice.post(jobs, json={"action": "train", "specs": TINY_TRAIN}).json()["id"]
+    others = alice.post("/api/v1/experiments", json={"name": "other"}).json()["id"]
+    bobs = bob.post("/api/v1/experiments", json={"name": "bob's"}).json()["id"]
+    try:
+        for client, experiment, expected in [
+            (alice, others, f"job {job!r} not found"),  # hers, but not of that experiment
+            (alice, "nope", "experiment 'nope' not found"),
+            (bob, experiment_id, f"experiment {experiment_id!r} not found"),  # not his
+            (bob, bobs, f"job {job!r} not found"),  # his experiment, her job
+        ]:
+            for method, suffix in [("GET", ""), ("GET", "/logs"), ("POST", ":cancel")]:
+                path = f"/api/v1/experiments/{experiment}/jobs/{job}{suffix}"
+                answer = client.request(method, path)
+                assert (answer.status_code, answer.json()) == (404, {"detail": expected}), path
+        assert alice.get(f"{jobs}/{job}").json()["experiment_id"] == experiment_id
+    finally:
+        alice.post(f"{jobs}/{job}:cancel")
+
+
 def test_spec_schema_gives_submittable_defaults_without_path_keys(alice, experiment_id):
     answer = alice.get(f"/api/v1/experiments/{experiment_id}/specs/train/schema")
     assert answer.status_code == 200
