@@ -23,8 +23,8 @@ DEADLINE_S=${DEADLINE_S:-465}  # the whole script, setup included
 SMOKE=${SMOKE:-0}
 if [[ $SMOKE == 1 ]]; then
     DEVICE=cpu
-    THROUGHPUT=(--tiny --batches 64 --identities 40 --min-images 128)
-    SYNTH=(--identities 50 --test-identities 10 --images-per-identity 8 --size 64x32 --workers 2)
+    THROUGHPUT=(--tiny --batches 32 --identities 24 --min-images 64)
+    SYNTH=(--identities 30 --test-identities 8 --images-per-identity 8 --size 64x32 --workers 2)
     TRAIN=(model.backbone=resnet_18 model.input_height=64 model.input_width=32
         dataset.batch_size=32 train.num_epochs=2 train.validation_interval=1)
     EVAL=(--device cpu --quick --skip-classic-rerank --dims 64)

@@ -5,9 +5,16 @@ datasets and jobs, read a log's tail, download a finished job's file; a few more
 `?follow=true` log streams for the whole phase, and a couple download a finished job's whole
 folder (a cached ~120 MB tar.gz) one after another. The same load runs twice in
 one server: first idle, then while a train job runs. Prints p50/p95/p99 latency per endpoint and
-the error count per phase. Target: 0 errors and a status-poll p95 under 100 ms while training.
+the error count per phase (with each error's status or exception). Target: 0 errors and a
+status-poll p95 under 100 ms while training.
+
+Each client waits `--think` seconds (jittered +-50%) between its requests, as a notebook does
+(`Client.wait` polls every 2 s; the default 1 s is twice that rate). `--think 0` is a closed
+loop with no pause: it measures the server's saturation throughput, where latency is the queue
+(50 clients / N requests per second), not the time a request takes.
 
     PYTHONPATH=src python benchmarks/service_load.py --clients 50 --seconds 60
+    PYTHONPATH=src python benchmarks/service_load.py --clients 50 --seconds 60 --think 0
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import random
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import httpx
@@ -50,21 +57,28 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-async def client_loop(client, urls, deadline, latencies, errors, seed, only=()) -> None:
+REASONS: Counter = Counter()  # "endpoint: status or exception" -> count
+
+
+async def client_loop(client, urls, deadline, latencies, errors, seed, only=(), think=0.0) -> None:
     rng = random.Random(seed)
     names = list(only) or [name for name, _ in MIX]
     weights = [1] * len(only) or [weight for _, weight in MIX]
+    await asyncio.sleep(rng.uniform(0, think))  # clients do not start in step
     while time.monotonic() < deadline:
         name = rng.choices(names, weights)[0]
         start = time.perf_counter()
         try:
             response = await client.get(urls[name])
-            ok = response.status_code == 200
-        except httpx.HTTPError:
-            ok = False
+            reason = None if response.status_code == 200 else f"HTTP {response.status_code}"
+        except httpx.HTTPError as error:
+            reason = type(error).__name__
         latencies[name].append(time.perf_counter() - start)
-        if not ok:
+        if reason:
             errors[name] += 1
+            REASONS[f"{name}: {reason}"] += 1
+        if think:
+            await asyncio.sleep(think * rng.uniform(0.5, 1.5))
 
 
 async def follower(client, url, deadline, latencies, errors) -> None:
@@ -75,6 +89,7 @@ async def follower(client, url, deadline, latencies, errors) -> None:
             async with client.stream("GET", url, timeout=httpx.Timeout(60, read=None)) as response:
                 if response.status_code != 200:
                     errors["follow log"] += 1
+                    REASONS[f"follow log: HTTP {response.status_code}"] += 1
                     return
                 first = True
                 async for _ in response.aiter_bytes():
@@ -83,13 +98,14 @@ async def follower(client, url, deadline, latencies, errors) -> None:
                         first = False
                     if time.monotonic() >= deadline:
                         return
-        except httpx.HTTPError:
+        except httpx.HTTPError as error:
             errors["follow log"] += 1
+            REASONS[f"follow log: {type(error).__name__}"] += 1
         await asyncio.sleep(0.5)
 
 
 async def run_phase(
-    base_url, key, urls, follow_url, folder_url, clients, followers, downloaders, seconds
+    base_url, key, urls, follow_url, folder_url, clients, followers, downloaders, seconds, think
 ):
     latencies, errors = defaultdict(list), defaultdict(int)
     limits = httpx.Limits(max_connections=clients + followers + 10)
@@ -98,7 +114,10 @@ async def run_phase(
         base_url=base_url, headers=headers, timeout=60, limits=limits
     ) as client:
         deadline = time.monotonic() + seconds
-        tasks = [client_loop(client, urls, deadline, latencies, errors, i) for i in range(clients)]
+        tasks = [
+            client_loop(client, urls, deadline, latencies, errors, i, think=think)
+            for i in range(clients)
+        ]
         tasks += [
             follower(client, follow_url, deadline, latencies, errors) for _ in range(followers)
         ]
@@ -165,6 +184,9 @@ def main() -> int:
     parser.add_argument("--followers", type=int, default=5, help="held ?follow=true streams")
     parser.add_argument("--downloaders", type=int, default=2, help="whole-folder downloaders")
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument(
+        "--think", type=float, default=1.0, help="seconds between a client's requests (0: none)"
+    )
     parser.add_argument("--database-url", default=None, help="default: SQLite in the data dir")
     args = parser.parse_args()
     options = ("--database-url", args.database_url) if args.database_url else ()
@@ -176,7 +198,7 @@ def main() -> int:
             follow_url = f"{jobs}/{done}/logs?follow=true"  # ended: streams, then reconnects
             idle = asyncio.run(
                 run_phase(server.url, key, urls, follow_url, folder_url, args.clients,
-                          args.followers, args.downloaders, args.seconds)
+                          args.followers, args.downloaders, args.seconds, args.think)
             )  # fmt: skip
             specs = {**TINY_TRAIN, "train": {**TINY_TRAIN["train"], "num_epochs": 100_000}}
             training = client.post(jobs, json={"action": "train", "specs": specs}).json()["id"]
@@ -184,7 +206,7 @@ def main() -> int:
             follow_url = f"{jobs}/{training}/logs?follow=true"  # live: held the whole phase
             busy = asyncio.run(
                 run_phase(server.url, key, urls, follow_url, folder_url, args.clients,
-                          args.followers, args.downloaders, args.seconds)
+                          args.followers, args.downloaders, args.seconds, args.think)
             )  # fmt: skip
             epochs = client.get(f"{jobs}/{training}").json()["progress"] or {}
             client.post(f"{jobs}/{training}:cancel")
@@ -193,10 +215,13 @@ def main() -> int:
         finally:
             server.stop()
     print(f"{args.clients} clients + {args.followers} followed logs + {args.downloaders} folder "
-          f"downloaders, {args.seconds:.0f} s a phase; "
+          f"downloaders, {args.seconds:.0f} s a phase, {args.think:g} s between a client's "
+          "requests; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     report("idle server", *idle, args.seconds)
     report(f"while a train job runs (epoch {epochs.get('epoch')} reached)", *busy, args.seconds)
+    if REASONS:
+        print("errors: " + ", ".join(f"{reason} x{n}" for reason, n in REASONS.most_common()))
     status_p95 = 1000 * percentile(busy[0]["job status"], 0.95)
     errors = sum(idle[1].values()) + sum(busy[1].values())
     verdict = "met" if errors == 0 and status_p95 < 100 else "NOT met"

@@ -91,6 +91,42 @@ def test_feat_dim_below_one_is_refused():
         load_spec(data={"model": {"feat_dim": 0}})
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("model.backbone", "resnet_42", "resnet_18"),
+        ("model.network", "timm", "tao"),
+        ("model.last_stride", 3, "2"),
+        ("model.pretrain_choice", "coco", "imagenet"),
+        ("model.neck", "bn", "bnneck"),
+        ("model.neck_feat", "middle", "before"),
+        ("model.metric_loss_type", "arcface", "triplet_center"),
+        ("dataset.sampler", "random", "softmax_triplet"),
+    ],
+)
+def test_a_value_the_model_or_loss_does_not_know_is_refused_with_the_allowed_ones(
+    key, value, allowed
+):
+    """The spec is where these values are checked (the model and loss code does not re-check)."""
+    section, name = key.split(".")
+    with pytest.raises(ReidnetError, match=key.replace(".", r"\.")) as info:
+        load_spec(data={section: {name: value}})
+    assert allowed in str(info.value)
+
+
+def test_a_sampler_and_metric_loss_leaving_no_loss_name_both_keys():
+    data = {"model": {"metric_loss_type": "center", "with_center_loss": True}}
+    with pytest.raises(ReidnetError, match="neither an identity nor a triplet loss") as info:
+        load_spec(data={**data, "dataset": {"sampler": "triplet"}})
+    assert "dataset.sampler" in str(info.value) and "model.metric_loss_type" in str(info.value)
+    assert load_spec(data={**data, "dataset": {"sampler": "softmax"}}).model.with_center_loss
+
+
+def test_mobilenet_on_the_tao_network_is_refused_by_the_spec():
+    with pytest.raises(ReidnetError, match=r"mobilenet_v2 exists only as model\.network"):
+        load_spec(data={"model": {"backbone": "mobilenet_v2", "network": "tao"}})
+
+
 def test_center_metric_loss_without_center_loss_names_both_keys():
     with pytest.raises(ReidnetError) as info:
         load_spec(data={"model": {"metric_loss_type": "center"}})
@@ -280,3 +316,13 @@ def test_deep_merge_merges_sections_and_changes_neither_input():
     merged["train"]["optim"]["base_lr"] = 5
     merged["dataset"]["batch_size"].append(1)
     assert base["train"]["optim"]["base_lr"] == 0.1 and extra["dataset"]["batch_size"] == [64]
+
+
+def test_the_spec_allows_exactly_the_backbones_the_model_builds():
+    from typing import get_args
+
+    from reidnet.config import ModelConfig
+    from reidnet.model import BACKBONES
+
+    allowed = get_args(ModelConfig.model_fields["backbone"].annotation)
+    assert sorted(allowed) == sorted(BACKBONES)

@@ -23,6 +23,7 @@ from reidnet.data.transforms import (
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine import trainer as trainer_module
 from reidnet.engine.trainer import TrainingInterrupted, TrainingRun, train
+from reidnet.errors import ReidnetError
 from test_training import synthetic, tiny_spec  # noqa: F401  (the tiny dataset fixture)
 
 MEAN = (0.485, 0.456, 0.406)
@@ -315,3 +316,28 @@ def test_the_compile_warm_up_leaves_weights_statistics_and_gradients_as_they_wer
     for name, value in net.state_dict().items():  # BatchNorm's running stats are restored
         torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_a_first_step_out_of_gpu_memory_says_what_to_lower_and_writes_nothing(
+    synthetic,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    def compile_out_of_memory(model, **_):
+        def compiled(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_out_of_memory)
+    spec = tiny_spec(
+        synthetic, tmp_path / "r", "train.compile=true", "train.num_epochs=1", "train.amp=false"
+    )
+    with pytest.raises(ReidnetError) as info:
+        train(spec)
+    message = str(info.value)
+    assert "one training step of 16 images at 32x16 does not fit" in message
+    for key in ("dataset.batch_size", "model.input_height", "train.amp=true"):
+        assert key in message
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    assert not list((tmp_path / "r").rglob("*.pth"))  # no checkpoint was written

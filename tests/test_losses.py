@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reidnet.errors import ReidnetError
 from reidnet.losses import CenterLoss, CrossEntropyLabelSmooth, ReidLoss, TripletLoss
 
 # Four 2-D points, two identities:
@@ -165,23 +164,6 @@ def test_center_metric_replaces_the_triplet_term():
 def test_without_center_loss_there_are_no_centers_to_optimise():
     assert ReidLoss(3, 2).center_loss is None
     assert list(ReidLoss(3, 2).parameters()) == []
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "key"),
-    [
-        ({"metric_loss_type": "arcface"}, "model.metric_loss_type"),
-        ({"sampler": "random"}, "dataset.sampler"),
-        ({"metric_loss_type": "triplet_center"}, "model.with_center_loss"),
-        (
-            {"sampler": "triplet", "metric_loss_type": "center", "with_center_loss": True},
-            "dataset.sampler",
-        ),
-    ],
-)
-def test_inconsistent_loss_options_name_the_spec_key(kwargs, key):
-    with pytest.raises(ReidnetError, match=key):
-        ReidLoss(3, 2, **kwargs)
 
 
 def test_distances_of_close_features_keep_their_digits():

@@ -119,13 +119,6 @@ def test_feat_dim_1280_needs_no_projection():
     assert model.projection is None
 
 
-def test_the_tao_network_has_no_mobilenet():
-    with pytest.raises(
-        ReidnetError, match=r"mobilenet_v2 exists only as model.network torchvision"
-    ):
-        build_backbone("mobilenet_v2", network="tao")
-
-
 # --- ImageNet weights: key layouts ---------------------------------------------------------
 
 

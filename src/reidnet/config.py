@@ -27,13 +27,22 @@ from pydantic import (
     model_validator,
 )
 
-from reidnet.contracts import action_dir
+from reidnet.contracts import (
+    Backbone,
+    LastStride,
+    MetricLossType,
+    Neck,
+    NeckFeat,
+    Network,
+    PretrainChoice,
+    Sampler,
+    action_dir,
+)
 from reidnet.errors import ReidnetError
 
 logger = logging.getLogger(__name__)
 
 ACTIONS = ("train", "evaluate", "inference", "export")
-BACKBONES = ("resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152", "mobilenet_v2")
 
 
 # Bounds of the size-like integers. They keep a typo or a hostile value (input_height 10**6,
@@ -61,18 +70,16 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """`model`: the network architecture and its initialisation."""
 
-    backbone: Literal[
-        "resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152", "mobilenet_v2"
-    ] = "resnet_50"
-    network: Literal["torchvision", "tao"] = Field(
+    backbone: Backbone = "resnet_50"
+    network: Network = Field(
         "torchvision",
         description="torchvision: torchvision's ResNet (BasicBlock for 18/34, ReLU after the "
         "stem), the network its ImageNet weights were trained as; tao: TAO's exact network (no "
         "stem ReLU, Bottleneck at every depth, projection with a bias). Checkpoints record "
         "theirs; TAO checkpoints are always read as tao.",
     )
-    last_stride: Literal[1, 2] = Field(1, description="Stride of layer4; 1 keeps 16x8 maps.")
-    pretrain_choice: Literal["imagenet", "self", "none"] = Field(
+    last_stride: LastStride = Field(1, description="Stride of layer4; 1 keeps 16x8 maps.")
+    pretrain_choice: PretrainChoice = Field(
         "imagenet",
         description="imagenet: torchvision weights; self: a reidnet checkpoint; none: scratch.",
     )
@@ -82,12 +89,12 @@ class ModelConfig(_Section):
     input_channels: Literal[3] = 3
     input_width: int = Field(128, ge=16, le=MAX_INPUT_SIZE)
     input_height: int = Field(256, ge=16, le=MAX_INPUT_SIZE)
-    neck: Literal["bnneck", "no"] = "bnneck"
+    neck: Neck = "bnneck"
     feat_dim: int = Field(
         256, ge=1, le=MAX_FEAT_DIM, description="Embedding size; a 1x1 projection when not 2048."
     )
-    neck_feat: Literal["after", "before"] = "after"
-    metric_loss_type: Literal["triplet", "center", "triplet_center"] = "triplet"
+    neck_feat: NeckFeat = "after"
+    metric_loss_type: MetricLossType = "triplet"
     with_center_loss: bool = False
     with_flip_feature: bool = False
     label_smooth: bool = True
@@ -161,7 +168,7 @@ class DatasetConfig(_Section):
     padding: int = Field(10, ge=0, le=MAX_INPUT_SIZE)
     prob: float = Field(0.5, ge=0.0, le=1.0, description="Horizontal flip probability.")
     re_prob: float = Field(0.5, ge=0.0, le=1.0, description="Random erasing probability.")
-    sampler: Literal["softmax", "triplet", "softmax_triplet"] = "softmax_triplet"
+    sampler: Sampler = "softmax_triplet"
     num_instances: int = Field(4, ge=1, le=MAX_BATCH)
 
     @field_validator("train_dataset_dir", mode="before")
@@ -411,6 +418,17 @@ class ExperimentSpec(_Section):
                 f"model.metric_loss_type is {model.metric_loss_type!r} but "
                 "model.with_center_loss is false: set model.with_center_loss=true or "
                 "model.metric_loss_type=triplet"
+            )
+        if data.sampler == "triplet" and model.metric_loss_type == "center":
+            problems.append(
+                "dataset.sampler 'triplet' with model.metric_loss_type 'center' leaves neither "
+                "an identity nor a triplet loss to train with: use metric_loss_type triplet or "
+                "triplet_center, or sampler softmax_triplet"
+            )
+        if model.backbone == "mobilenet_v2" and model.network == "tao":
+            problems.append(
+                "model.backbone mobilenet_v2 exists only as model.network torchvision (TAO has "
+                "no such network): set model.network to torchvision"
             )
         if len(data.pixel_mean) != 3 or len(data.pixel_std) != 3:
             problems.append("dataset.pixel_mean and dataset.pixel_std need 3 values (R, G, B)")

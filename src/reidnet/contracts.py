@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -23,6 +23,23 @@ from reidnet.errors import ReidnetError
 
 if TYPE_CHECKING:
     from reidnet.config import ExperimentSpec
+
+
+# ---------------------------------------------------------------------------------------------
+# The values the model and loss keys allow. They are checked where values come in, the spec
+# (config.py) and a checkpoint's architecture (Architecture.from_dict), once: the model and loss
+# code takes them as given.
+
+Backbone = Literal[
+    "resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152", "mobilenet_v2"
+]
+Network = Literal["torchvision", "tao"]
+LastStride = Literal[1, 2]
+PretrainChoice = Literal["imagenet", "self", "none"]
+Neck = Literal["bnneck", "no"]
+NeckFeat = Literal["after", "before"]
+MetricLossType = Literal["triplet", "center", "triplet_center"]
+Sampler = Literal["softmax", "triplet", "softmax_triplet"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,12 +52,12 @@ class Architecture:
     `architecture` entry (stored as `to_dict()`, plain values, so checkpoints load with
     `weights_only`)."""
 
-    backbone: str
-    network: str  # torchvision | tao: which implementation of the backbone the weights fit
+    backbone: Backbone
+    network: Network  # which implementation of the backbone the weights fit
     feat_dim: int
-    last_stride: int
-    neck: str
-    neck_feat: str
+    last_stride: LastStride
+    neck: Neck
+    neck_feat: NeckFeat
     with_flip_feature: bool
     input_height: int
     input_width: int
@@ -124,8 +141,14 @@ ARCHITECTURE_FIELDS = ("backbone", "network", "feat_dim", "last_stride", "neck",
 # What checkpoints written before a field existed were trained with.
 ARCHITECTURE_DEFAULTS: dict[str, Any] = {"network": "torchvision"}
 
-_INT_FIELDS = {"feat_dim", "last_stride", "input_height", "input_width"}
-_TEXT_FIELDS = {"backbone", "network", "neck", "neck_feat"}
+_INT_FIELDS = {"feat_dim", "input_height", "input_width"}  # positive integers
+_CHOICE_FIELDS = {
+    "backbone": Backbone,
+    "network": Network,
+    "last_stride": LastStride,
+    "neck": Neck,
+    "neck_feat": NeckFeat,
+}
 
 
 def _checked(name: str, value: Any, where: str) -> Any:
@@ -136,12 +159,13 @@ def _checked(name: str, value: Any, where: str) -> Any:
         )
 
     if name in _INT_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise refuse("an integer")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise refuse("a positive integer")
         return value
-    if name in _TEXT_FIELDS:
-        if not isinstance(value, str):
-            raise refuse("a string")
+    if name in _CHOICE_FIELDS:
+        choices = get_args(_CHOICE_FIELDS[name])
+        if isinstance(value, bool) or value not in choices:
+            raise refuse("one of " + ", ".join(map(str, choices)))
         return value
     if name == "with_flip_feature":
         if not isinstance(value, bool):

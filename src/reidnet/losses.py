@@ -12,10 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidnet.errors import ReidnetError
-
-METRIC_LOSS_TYPES = ("triplet", "center", "triplet_center")
-SAMPLERS = ("softmax", "triplet", "softmax_triplet")
+from reidnet.contracts import MetricLossType, Sampler
 
 
 class CrossEntropyLabelSmooth(nn.Module):
@@ -123,8 +120,8 @@ class ReidLoss(nn.Module):
         self,
         num_classes: int,
         feat_dim: int,
-        metric_loss_type: str = "triplet",
-        sampler: str = "softmax_triplet",
+        metric_loss_type: MetricLossType = "triplet",
+        sampler: Sampler = "softmax_triplet",
         label_smooth: bool = True,
         triplet_margin: float | None = 0.3,
         with_center_loss: bool = False,
@@ -133,7 +130,6 @@ class ReidLoss(nn.Module):
         triplet_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        _validate_loss_args(metric_loss_type, sampler, with_center_loss)
         self.id_loss_weight = id_loss_weight
         self.triplet_loss_weight = triplet_loss_weight
         self.center_loss_weight = center_loss_weight
@@ -145,12 +141,6 @@ class ReidLoss(nn.Module):
         uses_triplet = sampler in ("triplet", "softmax_triplet") and metric_loss_type != "center"
         self.triplet_loss = TripletLoss(triplet_margin) if uses_triplet else None
         self.center_loss = CenterLoss(num_classes, feat_dim) if with_center_loss else None
-        if self.id_loss is None and self.triplet_loss is None:
-            raise ReidnetError(
-                f"dataset.sampler {sampler!r} with model.metric_loss_type {metric_loss_type!r} "
-                f"leaves neither an identity nor a triplet loss to train with; use "
-                f"metric_loss_type triplet or triplet_center, or sampler softmax_triplet."
-            )
 
     def forward(
         self, cls_score: torch.Tensor, global_feat: torch.Tensor, labels: torch.Tensor
@@ -168,20 +158,3 @@ class ReidLoss(nn.Module):
             total = total + self.center_loss_weight * terms["center"]
         terms["total"] = total
         return terms
-
-
-def _validate_loss_args(metric_loss_type: str, sampler: str, with_center_loss: bool) -> None:
-    if metric_loss_type not in METRIC_LOSS_TYPES:
-        raise ReidnetError(
-            f"model.metric_loss_type must be one of {', '.join(METRIC_LOSS_TYPES)}, "
-            f"got {metric_loss_type!r}."
-        )
-    if sampler not in SAMPLERS:
-        raise ReidnetError(
-            f"dataset.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}."
-        )
-    if "center" in metric_loss_type and not with_center_loss:
-        raise ReidnetError(
-            f"model.metric_loss_type {metric_loss_type!r} needs model.with_center_loss: true "
-            f"(or use metric_loss_type triplet)."
-        )

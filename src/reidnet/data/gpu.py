@@ -9,7 +9,7 @@ kernels per step and never waits on Python or on DataLoader workers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +34,15 @@ def decode_resized(
     height: int,
     width: int,
     workers: int = 8,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """uint8 [N, 3, height, width] on the CPU: each image read as RGB and resized exactly as the
-    per-image transforms do it (PIL bilinear), so both pipelines see the same pixels."""
-    images = torch.empty((len(paths), 3, height, width), dtype=torch.uint8)
+    """uint8 [N, 3, height, width] on the CPU (written into `out` when given): each image read
+    as RGB and resized exactly as the per-image transforms do it (PIL bilinear), so both
+    pipelines see the same pixels."""
+    shape = (len(paths), 3, height, width)
+    images = torch.empty(shape, dtype=torch.uint8) if out is None else out
+    if tuple(images.shape) != shape or images.dtype != torch.uint8:
+        raise ValueError(f"out must be uint8 {shape}, got {images.dtype} {tuple(images.shape)}")
     resize = v2.Resize((height, width))
 
     def decode(index: int) -> None:
@@ -114,14 +119,16 @@ def load_decoded(
     workers: int = 8,
     what: str = "training images",
     verbose: bool = True,
+    decode: Callable[[], torch.Tensor] | None = None,
 ) -> DecodedImages:
     """Decode `paths` once and keep them on `device` when they fit in `memory_share` of its free
-    memory, else in host memory (`placement` "host" forces that); one log line says which."""
+    memory, else in host memory (`placement` "host" forces that); one log line says which.
+    `decode` replaces the decoding itself (the trainer's decodes once per machine)."""
     if placement is None:
         placement, reason = choose_placement(len(paths) * 3 * height * width, device, memory_share)
     else:
         reason = "kept off the GPU between uses" if device.type == "cuda" else "training on the CPU"
-    images = decode_resized(paths, height, width, workers)
+    images = decode() if decode else decode_resized(paths, height, width, workers)
     if placement == "device":
         images = images.to(device)
     if verbose:

@@ -26,6 +26,7 @@ from reidnet.data.market import (
     folder_fields,
     scan_folder,
 )
+from reidnet.protocol import same_camera_ignored
 
 Severity = Literal["error", "warning", "info"]
 _MAX_LISTED_PATHS = 20
@@ -268,7 +269,9 @@ def _check_query_gallery(
     same_camera_only = [
         q
         for q in queries
-        if q.pid in gallery_cameras and same_camera_filter and gallery_cameras[q.pid] == {q.camid}
+        if same_camera_filter
+        and q.pid in gallery_cameras
+        and all(same_camera_ignored(q.pid, q.camid, q.pid, c) for c in gallery_cameras[q.pid])
     ]
     if absent:
         ids = sorted({q.pid for q in absent})

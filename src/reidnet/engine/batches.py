@@ -21,6 +21,7 @@ from reidnet.data.dataset import ImageDataset
 from reidnet.data.market import TrainSet
 from reidnet.data.sampler import RandomIdentitySampler
 from reidnet.data.transforms import build_train_transform
+from reidnet.engine import distributed
 from reidnet.engine.distributed import DistributedContext
 from reidnet.engine.embed import loader_workers
 
@@ -95,9 +96,10 @@ class TrainBatches:
         pipeline: str,
         device: torch.device,
         dist: DistributedContext,
+        control_group=None,
     ):
         self.spec, self.train_set, self.pipeline = spec, train_set, pipeline
-        self.device, self.dist = device, dist
+        self.device, self.dist, self.control_group = device, dist, control_group
         self._store: gpu.DecodedImages | None = None
 
     def source(self, batches: list[list[int]], skip: int):
@@ -112,14 +114,22 @@ class TrainBatches:
     def _decoded(self):
         if self._store is None:
             model = self.spec.model
+            paths = [r.path for r in self.train_set.records]
+            size = (model.input_height, model.input_width)
+            threads = decode_threads(self.dist.local_world_size)
             self._store = gpu.load_decoded(
-                [r.path for r in self.train_set.records],
-                model.input_height,
-                model.input_width,
+                paths,
+                *size,
                 self.device,
                 memory_share=self.spec.train.gpu_data_memory_share,
-                workers=decode_threads(self.dist.local_world_size),
+                workers=threads,
                 verbose=self.dist.is_main,
+                decode=lambda: distributed.one_copy_per_node(
+                    (len(paths), 3, *size),
+                    lambda out: gpu.decode_resized(paths, *size, threads, out=out),
+                    self.dist,
+                    self.control_group,
+                ),
             )
             self._labels = torch.tensor(self.train_set.labels).to(self.device)
             self._augment = gpu.BatchAugment(**augmentation(self.spec))

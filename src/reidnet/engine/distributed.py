@@ -7,11 +7,15 @@ trainer needs. A process not started by torchrun is a world of one and nothing h
 from __future__ import annotations
 
 import logging
+import math
 import os
+import shutil
 import sys
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -156,11 +160,73 @@ def gather_shards(
     return result
 
 
-def broadcast_object(value, context: DistributedContext):
+def broadcast_object(value, context: DistributedContext, group=None):
     """Rank 0's `value` on every rank."""
     holder = [value if context.is_main else None]
-    dist.broadcast_object_list(holder, src=0)
+    dist.broadcast_object_list(holder, src=0, group=group)
     return holder[0]
+
+
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def one_copy_per_node(
+    shape: tuple[int, ...],
+    fill: Callable[[torch.Tensor], None],
+    context: DistributedContext,
+    group=None,
+    shared_memory: Path = SHARED_MEMORY,
+) -> torch.Tensor:
+    """A uint8 CPU tensor of `shape` that `fill` writes, held once per machine.
+
+    Under torchrun with several processes on a machine, its local rank 0 fills a file in
+    shared memory (/dev/shm) and the machine's other ranks map the same pages, so a decoded
+    training set costs one copy of host memory and one decode per node, not one per GPU. The
+    file is unlinked as soon as every rank has mapped it: nothing stays behind in /dev/shm, even
+    when the run is killed later. Where /dev/shm has no room for it (Docker gives 64 MB unless
+    run with --shm-size), each rank fills a private copy, with a warning. A collective: every
+    rank calls it; `group` is a gloo group (`control_group`) where the default one is NCCL.
+    """
+    size = math.prod(shape)
+    if not context.enabled or context.local_world_size == 1:
+        private = torch.empty(shape, dtype=torch.uint8)
+        fill(private)
+        return private
+    name = broadcast_object(f"reidnet-{uuid.uuid4().hex}.u8", context, group)
+    try:
+        room = shutil.disk_usage(shared_memory).free
+    except OSError:
+        room = 0
+    if not any_rank(room < size * 1.02 + 2**26, group):  # every rank takes the same path
+        path = shared_memory / name
+        if context.local_rank == 0:
+            fill(torch.from_file(str(path), shared=True, size=size, dtype=torch.uint8).view(shape))
+        dist.barrier(group=group)
+        mapped = torch.from_file(str(path), shared=True, size=size, dtype=torch.uint8)
+        dist.barrier(group=group)
+        if context.local_rank == 0:
+            path.unlink(missing_ok=True)
+        if context.is_main:
+            logger.info(
+                "one %.2f GB copy per machine, shared by its %d processes through %s",
+                size / 1e9,
+                context.local_world_size,
+                shared_memory,
+            )
+        return mapped.view(shape)
+    if context.is_main:
+        logger.warning(
+            "%s has %.1f GB free, too little for one shared %.1f GB copy of the decoded images: "
+            "each of the %d processes on a machine decodes and holds its own (give the "
+            "container more shared memory, e.g. docker run --shm-size)",
+            shared_memory,
+            room / 1e9,
+            size / 1e9,
+            context.local_world_size,
+        )
+    private = torch.empty(shape, dtype=torch.uint8)
+    fill(private)
+    return private
 
 
 def torchrun_relaunch(num_gpus: int, num_nodes: int, argv: list[str]) -> list[str] | None:

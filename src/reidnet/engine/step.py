@@ -15,6 +15,7 @@ import torch
 
 from reidnet.engine import distributed
 from reidnet.engine.embed import autocast_for
+from reidnet.errors import ReidnetError
 
 if TYPE_CHECKING:
     from reidnet.engine.parts import RunParts
@@ -93,10 +94,27 @@ def warm_up(
         with autocast_for(device, amp):
             outputs = forward(images)
         sum(output.float().mean() for output in outputs).backward()
+    except torch.OutOfMemoryError as error:
+        del images
+        raise ReidnetError(_out_of_memory(batch_shape, device, amp)) from error
     finally:
         model.load_state_dict(saved)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
+
+
+def _out_of_memory(batch_shape: tuple[int, ...], device: torch.device, amp: bool) -> str:
+    """What to change when one training step does not fit: said before any data was decoded
+    or any checkpoint written, so nothing is lost."""
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
+    size = f"{total / 2**30:.0f} GiB " if total else ""
+    return (
+        f"one training step of {batch_shape[0]} images at {batch_shape[2]}x{batch_shape[3]} does "
+        f"not fit in the {size}memory of {device}: lower dataset.batch_size (per GPU under "
+        "torchrun) or model.input_height/input_width"
+        + ("" if amp else ", or set train.amp=true (bf16 halves the activations)")
+        + "; nothing was trained or written yet"
+    )
 
 
 def compiled_or_eager(

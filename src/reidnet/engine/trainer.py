@@ -99,12 +99,17 @@ class TrainingRun:
         except BaseException:
             self.close()
             raise
+        self._stop_group = distributed.control_group(self.device) if self.dist.enabled else None
         self.batches = TrainBatches(
-            self.parts.spec, self.parts.train_set, self.parts.pipeline, self.device, self.dist
+            self.parts.spec,
+            self.parts.train_set,
+            self.parts.pipeline,
+            self.device,
+            self.dist,
+            self._stop_group,
         )
         self.checkpoints = resume.Checkpoints(self.parts, self.results_dir, architecture)
         self.validate = Validator(self.parts)
-        self._stop_group = distributed.control_group(self.device) if self.dist.enabled else None
 
     # The parts users of a run reach for (tests, the quick start, benchmarks).
     spec = property(lambda self: self.parts.spec)

@@ -20,6 +20,7 @@ import torch
 from reidnet.contracts import LOSS_PREFIX, METRICS_FILE
 from reidnet.errors import ReidnetError
 from reidnet.evaluation.distance import ArrayLike
+from reidnet.protocol import image_key, same_camera_ignored
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def sampled_matches_figure(
     has_cameras = query_camids is not None and gallery_camids is not None
     q_cams = _ids(query_camids, num_rows_total) if has_cameras else None
     g_cams = _ids(gallery_camids, num_gallery) if has_cameras else None
-    gallery_names = [os.path.normpath(os.fspath(p)) for p in gallery_paths]
+    gallery_names = [image_key(p) for p in gallery_paths]
 
     rng = np.random.default_rng(seed)
     queries = np.sort(
@@ -226,9 +227,11 @@ def sampled_matches_figure(
         row = row.float().cpu().numpy() if isinstance(row, torch.Tensor) else row
         order = np.argsort(row, kind="stable")
         if same_camera_filter and has_cameras:
-            dropped = (g_pids[order] == q_pids[query]) & (g_cams[order] == q_cams[query])
+            dropped = same_camera_ignored(
+                q_pids[query], q_cams[query], g_pids[order], g_cams[order]
+            )
         else:
-            own = os.path.normpath(os.fspath(query_paths[query]))
+            own = image_key(query_paths[query])
             dropped = np.array([gallery_names[index] == own for index in order], dtype=bool)
         ranked = order[~dropped][:max_rank]
         rows.append((query, ranked, row[ranked]))

@@ -25,6 +25,7 @@ import torch
 
 from reidnet.errors import ReidnetError
 from reidnet.evaluation.distance import ArrayLike, as_float_matrix, as_tensor
+from reidnet.protocol import image_key, same_camera_ignored
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class _MatchIndex:
     """The gallery columns of each identity, found by binary search in the sorted gallery pids."""
 
     def __init__(self, gallery_pids: torch.Tensor) -> None:
+        self.pids = gallery_pids
         self.order = torch.argsort(gallery_pids, stable=True)
         self.sorted_pids = gallery_pids[self.order]
 
@@ -219,7 +221,12 @@ def _chunk_metrics(
     match_row, match_col = matches.lookup(query_pids)
     if cameras is not None:
         query_cams, gallery_cams = cameras
-        removed = gallery_cams[match_col] == query_cams[start + match_row]
+        removed = same_camera_ignored(
+            query_pids[match_row],
+            query_cams[start + match_row],
+            matches.pids[match_col],
+            gallery_cams[match_col],
+        )
     elif self_keys is not None:
         removed = torch.isin((start + match_row) * num_gallery + match_col, self_keys)
     else:
@@ -426,11 +433,11 @@ def _self_pair_keys(
         )
     by_path: dict[str, list[int]] = {}
     for index, path in enumerate(gallery_paths):
-        by_path.setdefault(os.path.normpath(os.fspath(path)), []).append(index)
+        by_path.setdefault(image_key(path), []).append(index)
     keys = [
         query * num_gallery + gallery
         for query, path in enumerate(query_paths)
-        for gallery in by_path.get(os.path.normpath(os.fspath(path)), ())
+        for gallery in by_path.get(image_key(path), ())
     ]
     return torch.tensor(sorted(keys), dtype=torch.int64, device=device)
 

@@ -31,12 +31,11 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from reidnet.contracts import Backbone, LastStride, Network, PretrainChoice
 from reidnet.errors import ReidnetError
 
 logger = logging.getLogger(__name__)
 
-PRETRAIN_CHOICES = ("imagenet", "self", "none")
-NETWORKS = ("torchvision", "tao")
 
 # Bottleneck blocks per stage of TAO's trunk, by its backbone names (TAO's Baseline passes
 # block=Bottleneck whatever the depth).
@@ -88,11 +87,11 @@ _LEGACY_BLOCK_KEY = re.compile(r"^features\.(\d+)\.conv\.(\d+)\.(\w+)$")
 
 
 def build_backbone(
-    name: str,
-    last_stride: int = 1,
-    pretrain_choice: str = "none",
+    name: Backbone,
+    last_stride: LastStride = 1,
+    pretrain_choice: PretrainChoice = "none",
     pretrained_model_path: str | os.PathLike[str] | None = None,
-    network: str = "torchvision",
+    network: Network = "torchvision",
 ) -> tuple[nn.Module, int]:
     """Return the trunk mapping images [N,3,H,W] to feature maps [N,C,h,w], and C.
 
@@ -105,21 +104,7 @@ def build_backbone(
     randomly initialised ("self" checkpoints hold the whole network and are loaded by the caller).
     """
     spec = _backbone_spec(name)
-    if network not in NETWORKS:
-        raise ReidnetError(f"model.network must be one of {', '.join(NETWORKS)}, got {network!r}.")
-    if last_stride not in (1, 2):
-        raise ReidnetError(f"model.last_stride must be 1 or 2, got {last_stride!r}.")
-    if pretrain_choice not in PRETRAIN_CHOICES:
-        raise ReidnetError(
-            f"model.pretrain_choice must be one of {', '.join(PRETRAIN_CHOICES)}, "
-            f"got {pretrain_choice!r}."
-        )
-    if spec.family == "mobilenet_v2":
-        if network == "tao":
-            raise ReidnetError(
-                f"model.backbone {name} exists only as model.network torchvision (TAO has no "
-                f"such network): set model.network to torchvision."
-            )
+    if spec.family == "mobilenet_v2":  # torchvision's network only (the spec checks)
         trunk, channels = _mobilenet_v2_trunk(spec, last_stride), spec.channels
     else:
         trunk, channels = _resnet_trunk(name, spec, last_stride, network)

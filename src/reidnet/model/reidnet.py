@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from reidnet.contracts import Backbone, LastStride, Neck, NeckFeat, Network, PretrainChoice
 from reidnet.errors import ReidnetError
 from reidnet.model.backbone import build_backbone, load_state_dict_file, strip_wrapper_prefixes
 
 logger = logging.getLogger(__name__)
 
-NECKS = ("bnneck", "no")
-NECK_FEATS = ("after", "before")
 
 # Checkpoints of the reference implementation name the parts differently; map them onto ours.
 _REFERENCE_ALIASES = (
@@ -65,20 +64,19 @@ class ReIdentificationNet(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "resnet_50",
+        backbone: Backbone = "resnet_50",
         *,
         num_classes: int,
-        last_stride: int = 1,
+        last_stride: LastStride = 1,
         feat_dim: int = 256,
-        neck: str = "bnneck",
-        neck_feat: str = "after",
+        neck: Neck = "bnneck",
+        neck_feat: NeckFeat = "after",
         with_flip_feature: bool = False,
-        pretrain_choice: str = "none",
+        pretrain_choice: PretrainChoice = "none",
         pretrained_model_path: str | os.PathLike[str] | None = None,
-        network: str = "torchvision",
+        network: Network = "torchvision",
     ) -> None:
         super().__init__()
-        _validate_head_args(num_classes, feat_dim, neck, neck_feat)
         self.backbone_name = backbone
         self.num_classes = num_classes
         self.feat_dim = feat_dim
@@ -227,19 +225,3 @@ def _normalise_key(key: str) -> str:
         if key.startswith(reference_prefix):
             return ours + key[len(reference_prefix) :]
     return key
-
-
-def _validate_head_args(num_classes: int, feat_dim: int, neck: str, neck_feat: str) -> None:
-    if not isinstance(feat_dim, int) or feat_dim < 1:
-        raise ReidnetError(f"model.feat_dim must be a positive integer, got {feat_dim!r}.")
-    if not isinstance(num_classes, int) or num_classes < 0:
-        raise ReidnetError(
-            f"dataset.num_classes must be a positive integer (the number of training "
-            f"identities), got {num_classes!r}."
-        )
-    if neck not in NECKS:
-        raise ReidnetError(f"model.neck must be one of {', '.join(NECKS)}, got {neck!r}.")
-    if neck_feat not in NECK_FEATS:
-        raise ReidnetError(
-            f"model.neck_feat must be one of {', '.join(NECK_FEATS)}, got {neck_feat!r}."
-        )
