@@ -729,6 +729,7 @@ SERVE_SETTINGS = {
     "max_dataset_mb": "max_dataset_bytes",
     "max_dataset_files": "max_dataset_files",
     "cancel_grace": "cancel_grace_seconds",
+    "job_nice": "job_nice",
     "executor": "executor",
     "ray_address": "ray_address",
     "ray_gpus": "ray_gpus",
@@ -759,6 +760,13 @@ def serve_command(
     cancel_grace: Annotated[
         float, typer.Option(help="Seconds a canceled job may take to checkpoint.")
     ] = _default("cancel_grace_seconds"),
+    job_nice: Annotated[
+        int,
+        typer.Option(
+            help="Niceness (0-19) of local jobs: they yield the CPU to the API server, so "
+            "requests stay fast while a job trains on the same machine; 0: equal priority."
+        ),
+    ] = _default("job_nice"),
     executor: Annotated[
         str,
         typer.Option(

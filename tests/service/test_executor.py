@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from reidnet.service.executor import LocalProcessExecutor, group_members
+from reidnet.service.executor import Launch, LocalProcessExecutor, group_members
 from reidnet.service.ray_entry import Control, read_control, run, stop_request, write_control
 
 
@@ -152,3 +152,26 @@ def test_nothing_imports_ray_unless_the_ray_executor_is_chosen(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("job_nice", [10, 0])
+def test_local_jobs_run_at_the_niceness_the_server_gives_them(tmp_path, job_nice):
+    launch = Launch(
+        job_id="j1",
+        action="train",
+        job_dir=tmp_path,
+        spec_file=tmp_path / "missing.yaml",  # the job fails fast, after it started
+        log_file=tmp_path / "job.log",
+    )
+    executor = LocalProcessExecutor(job_nice)
+    handle = executor.launch(launch)
+    process = psutil.Process(handle["pid"])
+    deadline = time.monotonic() + 30
+    while process.cmdline()[0] != sys.executable:  # until `nice` has exec'd the job
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    seen = process.nice()  # the job takes over a second to fail: it is still there
+    assert seen == os.nice(0) + job_nice
+    assert process.cmdline()[1:4] == ["-m", "reidnet", "train"]  # the job's pid, exec'd
+    while executor.poll(handle) is None:
+        time.sleep(0.05)

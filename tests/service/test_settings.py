@@ -88,6 +88,7 @@ def test_serve_help_shows_each_default_in_the_options_unit():
         "--max-dataset-mb": "51200",  # 50 GiB
         "--max-dataset-files": "1000000",
         "--cancel-grace": "60.0",
+        "--job-nice": "10",
         "--executor": "local",
         "--ray-gpus": "auto",
         "--ray-job-cpus": "1.0",

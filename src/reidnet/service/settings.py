@@ -36,6 +36,9 @@ class ServiceSettings(BaseSettings):
     max_dataset_files: int = Field(1_000_000, ge=1)
     cancel_grace_seconds: float = Field(60.0, ge=0)
     poll_seconds: float = Field(0.5, gt=0)
+    # Niceness of local jobs (0-19): a job training on the server's machine yields the CPU to
+    # the API (0: the same priority as the server).
+    job_nice: int = Field(10, ge=0, le=19)
     executor: Executor = "local"
     ray_address: str | None = None  # the cluster's Jobs API (dashboard) URL
     ray_gpus: GpuPolicy = "auto"
