@@ -814,9 +814,17 @@ def serve_command(
             "listening on %s: API keys travel in clear text unless a TLS proxy is in front", host
         )
     # Open log streams (?follow=true) would hold a graceful shutdown until their job ends, and
-    # jobs are only stopped once the connections are closed: give connections 5 s.
+    # jobs are only stopped once the connections are closed: give connections 5 s. Idle
+    # keep-alive connections are kept 30 s, longer than clients keep theirs (httpx and requests:
+    # 5 s): with equal timeouts a client reuses a connection the server is closing at that
+    # moment and gets "server disconnected" (seen under load).
     uvicorn.run(
-        create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=30,
     )
 
 
