@@ -815,9 +815,9 @@ def serve_command(
         )
     # Open log streams (?follow=true) would hold a graceful shutdown until their job ends, and
     # jobs are only stopped once the connections are closed: give connections 5 s. Idle
-    # keep-alive connections are kept 30 s, longer than clients keep theirs (httpx and requests:
-    # 5 s): with equal timeouts a client reuses a connection the server is closing at that
-    # moment and gets "server disconnected" (seen under load).
+    # keep-alive connections are kept 30 s, longer than httpx keeps its own (5 s, uvicorn's
+    # default too): with equal timeouts a client reuses a connection the server is closing at
+    # that moment and gets "server disconnected" (seen under load).
     uvicorn.run(
         create_app(settings),
         host=host,
