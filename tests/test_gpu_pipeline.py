@@ -23,7 +23,7 @@ from reidnet.data.transforms import (
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine import trainer as trainer_module
 from reidnet.engine.trainer import TrainingInterrupted, TrainingRun, train
-from test_training import synthetic, tiny_spec  # noqa: F401  (the tiny dataset fixture)
+from tiny_training import tiny_spec
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.226, 0.226, 0.226)
@@ -73,7 +73,7 @@ def test_decoded_images_stay_on_the_gpu_only_when_they_fit():
     assert gpu.choose_placement(gb, torch.device("cpu"), 0.5)[0] == "host"
 
 
-def test_a_host_store_for_the_gpu_is_pageable_and_gathered_on_the_host(synthetic):  # noqa: F811
+def test_a_host_store_for_the_gpu_is_pageable_and_gathered_on_the_host(synthetic):
     """Pinning the whole store would round it up to a power of two (70 GB -> 128 GiB): only the
     per-batch buffers are pinned. Nothing here needs a GPU: the store never touches it."""
     paths = sorted((synthetic / "query").glob("*.jpg"))[:6]
@@ -216,11 +216,11 @@ def test_device_batches_are_reproducible_from_any_step():
 # -- training with the gpu pipeline ------------------------------------------------------------
 
 
-def test_auto_pipeline_is_the_dataloader_on_the_cpu(synthetic, tmp_path):  # noqa: F811
+def test_auto_pipeline_is_the_dataloader_on_the_cpu(synthetic, tmp_path):
     assert TrainingRun(tiny_spec(synthetic, tmp_path / "r")).pipeline == "dataloader"
 
 
-def test_gpu_pipeline_learns_and_resumes_mid_epoch_exactly(synthetic, tmp_path, monkeypatch):  # noqa: F811
+def test_gpu_pipeline_learns_and_resumes_mid_epoch_exactly(synthetic, tmp_path, monkeypatch):
     options = ("train.data_pipeline=gpu", "train.validation_interval=2")
     straight = train(tiny_spec(synthetic, tmp_path / "a", *options))
     first, last = straight.history[0], straight.history[-1]
@@ -248,7 +248,7 @@ def test_gpu_pipeline_learns_and_resumes_mid_epoch_exactly(synthetic, tmp_path, 
         torch.testing.assert_close(weights_b[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_failed_compilation_falls_back_to_eager(synthetic, tmp_path, monkeypatch, caplog):  # noqa: F811
+def test_failed_compilation_falls_back_to_eager(synthetic, tmp_path, monkeypatch, caplog):
     from torch._inductor.exc import InductorError
 
     calls = []
@@ -271,7 +271,7 @@ def test_failed_compilation_falls_back_to_eager(synthetic, tmp_path, monkeypatch
 
 
 def test_an_error_that_is_not_a_compilation_error_is_not_swallowed(
-    synthetic,  # noqa: F811
+    synthetic,
     tmp_path,
     monkeypatch,
 ):
