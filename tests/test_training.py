@@ -28,7 +28,7 @@ from reidnet.engine import checkpoint as ckpt
 from reidnet.engine.retrieval import score_model
 from reidnet.engine.trainer import TrainingRun
 from reidnet.errors import ReidnetError
-from tiny_training import tiny_spec
+from tiny_training import chance_map, query_and_gallery, tiny_spec
 
 
 @dataclass(frozen=True)
@@ -68,24 +68,6 @@ def trained(synthetic, tmp_path_factory) -> TrainedRun:
     finally:
         run.close()
     return TrainedRun(spec, untrained, result)
-
-
-def chance_map(query: list[ImageRecord], gallery: list[ImageRecord]) -> float:
-    """The expected mAP of a random ranking under the same-camera rule (standard AP).
-
-    A query with R true matches among N candidates: AP = (1/R) sum_k rel_k P@k with
-    E[rel_k rel_j] = R(R-1) / (N(N-1)) for j < k and R/N for j = k, which sums to
-    E[AP] = (H_N + (R-1)/(N-1) (N - H_N)) / N, H_N the N-th harmonic number."""
-    expected = []
-    for record in query:
-        candidates = [g for g in gallery if not (g.pid == record.pid and g.camid == record.camid)]
-        matches, size = sum(g.pid == record.pid for g in candidates), len(candidates)
-        if matches == 0:
-            continue
-        harmonic = sum(1 / k for k in range(1, size + 1))
-        spread = (matches - 1) / (size - 1) if size > 1 else 0.0
-        expected.append((harmonic + spread * (size - harmonic)) / size)
-    return sum(expected) / len(expected)
 
 
 def textbook_map(
@@ -234,10 +216,7 @@ def test_evaluate_scores_the_embeddings_inference_writes_as_the_textbook_says(
     metrics = evaluate(spec).metrics
     entries = json.loads(inference(spec).json_file.read_text())
     embedding = {Path(e["img_path"]): np.asarray(e["embedding"]) for e in entries}
-    query, gallery = (
-        read_records(synthetic / "query"),
-        read_records(synthetic / "bounding_box_test"),
-    )
+    query, gallery = query_and_gallery(synthetic)
     expected = textbook_map(
         [(r, embedding[Path(r.path)]) for r in query],
         [(r, embedding[Path(r.path)]) for r in gallery],
@@ -284,10 +263,7 @@ def test_evaluate_writes_results_and_plots(synthetic, trained, tmp_path, monkeyp
     saved = json.loads(outcome.results_file.read_text())
     assert saved["re_ranking"] is True
     # Random ranking of this gallery scores about 0.16; the trained network about 0.5-0.7.
-    query, gallery = (
-        read_records(synthetic / "query"),
-        read_records(synthetic / "bounding_box_test"),
-    )
+    query, gallery = query_and_gallery(synthetic)
     assert saved["mAP"] > 2 * chance_map(query, gallery), saved["mAP"]
     cmc = saved["cmc"]
     assert len(cmc) == 50 and cmc == sorted(cmc) and cmc[-1] == 1.0  # every query matched by 50

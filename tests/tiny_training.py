@@ -1,5 +1,6 @@
 """The tiny training setup several test modules share: a synthetic dataset small enough to train
-on two CPU cores in seconds, and specs of a resnet_18 at 32x16 that train on it.
+on two CPU cores in seconds, specs of a resnet_18 at 32x16 that train on it, and the mAP a
+random ranking of its gallery would score.
 
 The dataset itself is the `synthetic` fixture in tests/conftest.py; this module holds what a test
 imports (a plain module: importing from a test module or a conftest is ambiguous)."""
@@ -10,6 +11,7 @@ import json
 from pathlib import Path
 
 from reidnet.config import ExperimentSpec, load_spec
+from reidnet.data.market import ImageRecord, read_records
 from reidnet.data.synthetic import generate_synthetic_dataset
 
 # 24 identities (16 to train on, 8 held out for query/gallery), 3 cameras, 8 images each.
@@ -57,3 +59,25 @@ def tiny_spec(data: Path, results: Path, *overrides: str, train_dirs=None) -> Ex
         query_dataset_dir=str(data / "query"),
     )
     return load_spec(data=raw, overrides=list(overrides))
+
+
+def query_and_gallery(data: Path) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    return read_records(data / "query"), read_records(data / "bounding_box_test")
+
+
+def chance_map(query: list[ImageRecord], gallery: list[ImageRecord]) -> float:
+    """The expected mAP of a random ranking under the same-camera rule (standard AP).
+
+    A query with R true matches among N candidates: AP = (1/R) sum_k rel_k P@k with
+    E[rel_k rel_j] = R(R-1) / (N(N-1)) for j < k and R/N for j = k, which sums to
+    E[AP] = (H_N + (R-1)/(N-1) (N - H_N)) / N, H_N the N-th harmonic number."""
+    expected = []
+    for record in query:
+        candidates = [g for g in gallery if not (g.pid == record.pid and g.camid == record.camid)]
+        matches, size = sum(g.pid == record.pid for g in candidates), len(candidates)
+        if matches == 0:
+            continue
+        harmonic = sum(1 / k for k in range(1, size + 1))
+        spread = (matches - 1) / (size - 1) if size > 1 else 0.0
+        expected.append((harmonic + spread * (size - harmonic)) / size)
+    return sum(expected) / len(expected)
