@@ -26,7 +26,7 @@ from reidnet.contracts import Architecture, TrainingStatus
 from reidnet.data.market import ImageRecord, read_records
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine.retrieval import score_model
-from reidnet.engine.trainer import TrainingRun
+from reidnet.engine.trainer import TrainingRun, TrainResult
 from reidnet.errors import ReidnetError
 from tiny_training import chance_map, query_and_gallery, tiny_spec
 
@@ -35,7 +35,7 @@ from tiny_training import chance_map, query_and_gallery, tiny_spec
 class TrainedRun:
     spec: ExperimentSpec
     untrained: dict[str, Any]  # the network's metrics before its first step
-    result: Any  # what TrainingRun.fit returned
+    result: TrainResult
 
     @property
     def checkpoint(self) -> Path:
