@@ -197,11 +197,10 @@ def test_same_seed_draws_the_same_queries_and_other_seeds_other_ones(images, tmp
             drawn.append(np.asarray(image))
     np.testing.assert_array_equal(drawn[0], drawn[1])
     # 2 of 4 queries: 6 possible pairs. A seed that is ignored would draw one pair every time.
-    pairs = [_drawn_query_ids(images, distmat, seed) for seed in range(10)]
+    pairs = [_drawn_query_ids(images, distmat, seed) for seed in range(6)]
     assert all(len(set(pair)) == 2 for pair in pairs)  # without replacement
     assert len(set(pairs)) >= 3, pairs
     assert {pid for pair in pairs for pid in pair} == {"id 1", "id 2", "id 3", "id 4"}
-    assert pairs == [_drawn_query_ids(images, distmat, seed) for seed in range(10)]
 
 
 def test_missing_image_names_the_file(images, tmp_path):
