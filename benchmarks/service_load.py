@@ -3,10 +3,10 @@
 Each client loops over a weighted mix: poll a job's status (the notebook's main call), list
 datasets and jobs, read a log's tail, download a finished job's file; a few more clients hold
 `?follow=true` log streams for the whole phase, and a couple download a finished job's whole
-folder (a cached ~120 MB tar.gz) one after another, from a process of their own. The same load runs twice in
-one server: first idle, then while a train job runs. Prints p50/p95/p99 latency per endpoint and
-the error count per phase (with each error's status or exception). Target: 0 errors and a
-status-poll p95 under 100 ms while training.
+folder (a cached ~120 MB tar.gz) one after another, from a process of their own. The same
+load runs twice in one server: first idle, then while a train job runs. Prints p50/p95/p99
+latency per endpoint and the error count per phase (with each error's status or exception).
+Target: 0 errors and a status-poll p95 under 100 ms while training.
 
 Each client waits `--think` seconds (jittered +-50%) between its requests, as a notebook does
 (`Client.wait` polls every 2 s; the default 1 s is twice that rate). `--think 0` is a closed

@@ -1,15 +1,20 @@
-"""The command line: help everywhere, spec commands, clean user errors (exit 2, no traceback)."""
+"""The command line: help everywhere, spec commands, clean user errors (exit 2, no traceback),
+and train / evaluate / inference / export / serve run for real on the tiny synthetic set (one
+1-epoch training per module, shared by the action tests)."""
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from reidnet.cli import app
+from tiny_training import TINY, chance_map, query_and_gallery
 
 runner = CliRunner()
 TAO_SPEC = Path(__file__).parent / "data" / "tao_reid_train_spec.yaml"
@@ -162,3 +167,113 @@ def test_verbose_after_the_subcommand_enables_debug_but_not_for_third_party_logg
         assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
     result = runner.invoke(app, ["spec", "check", "-e", str(TAO_SPEC)])
     assert not logging.getLogger("reidnet.config").isEnabledFor(logging.DEBUG)
+
+
+# --- the actions, run for real on the tiny synthetic set -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_spec(synthetic, tmp_path_factory) -> Path:
+    """A spec file as a user writes one: TINY on the synthetic folders."""
+    raw = json.loads(json.dumps(TINY))
+    raw["dataset"].update(
+        train_dataset_dir=str(synthetic / "bounding_box_train"),
+        test_dataset_dir=str(synthetic / "bounding_box_test"),
+        query_dataset_dir=str(synthetic / "query"),
+    )
+    spec_file = tmp_path_factory.mktemp("cli") / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    return spec_file
+
+
+@pytest.fixture(scope="module")
+def cli_checkpoint(cli_spec, tmp_path_factory) -> Path:
+    """`reidnet train -e spec.yaml train.num_epochs=1 results_dir=...`, run once per module."""
+    results = tmp_path_factory.mktemp("cli-train")
+    result = runner.invoke(
+        app, ["train", "-e", str(cli_spec), "train.num_epochs=1", f"results_dir={results}"]
+    )
+    assert result.exit_code == 0, result.output
+    checkpoint = results / "train" / "model_epoch_001.pth"
+    assert "model_epoch_001.pth" in result.output
+    return checkpoint
+
+
+def test_train_writes_a_checkpoint_of_the_spec_with_the_override(cli_checkpoint):
+    from reidnet.engine import checkpoint as ckpt
+
+    saved = ckpt.load_checkpoint(cli_checkpoint)
+    assert saved["epoch"] == 1  # train.num_epochs=1 from the command line, not the file's 2
+    assert saved["architecture"]["backbone"] == "resnet_18"
+    assert (saved["architecture"]["input_height"], saved["architecture"]["input_width"]) == (32, 16)
+    assert saved["num_classes"] == 16  # the training identities of the synthetic set
+    assert (cli_checkpoint.parent / "reid_model_latest.pth").is_file()
+
+
+def test_evaluate_prints_and_writes_the_map(cli_spec, cli_checkpoint, synthetic, tmp_path):
+    args = [f"evaluate.checkpoint={cli_checkpoint}", f"results_dir={tmp_path}"]
+    result = runner.invoke(app, ["evaluate", "-e", str(cli_spec), *args])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "evaluate" / "results.json").read_text())
+    assert saved["checkpoint"] == str(cli_checkpoint)
+    # One epoch on this set scores about 0.5; a random ranking about 0.16.
+    assert saved["mAP"] > 2 * chance_map(*query_and_gallery(synthetic)), saved["mAP"]
+    query = len(list((synthetic / "query").iterdir()))
+    assert saved["num_valid_queries"] == query
+    # The printed table holds the saved numbers, in percent.
+    assert f"{100 * saved['mAP']:.2f}" in result.output
+    assert f"{100 * saved['rank-1']:.2f}" in result.output
+    assert "results.json" in result.output
+
+
+def test_inference_writes_an_embedding_of_every_image(
+    cli_spec, cli_checkpoint, synthetic, tmp_path
+):
+    args = [f"inference.checkpoint={cli_checkpoint}", f"results_dir={tmp_path}"]
+    result = runner.invoke(app, ["inference", "-e", str(cli_spec), *args])
+    assert result.exit_code == 0, result.output
+    images = sorted(p.name for p in (synthetic / "query").iterdir()) + sorted(
+        p.name for p in (synthetic / "bounding_box_test").iterdir()
+    )
+    assert f"{len(images)} embeddings" in result.output
+    folder = tmp_path / "inference"
+    entries = json.loads((folder / "result.json").read_text())
+    assert [Path(entry["img_path"]).name for entry in entries] == images
+    matrix = np.load(folder / "result.npy")
+    assert matrix.shape == (len(images), 64) and np.isfinite(matrix).all()
+    assert len(np.unique(matrix.round(4), axis=0)) == len(images)  # one per image, not a copy
+
+
+def test_export_writes_an_onnx_file_onnxruntime_runs(cli_spec, cli_checkpoint, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    target = tmp_path / "reid.onnx"
+    args = [f"export.checkpoint={cli_checkpoint}", f"export.onnx_file={target}"]
+    result = runner.invoke(app, ["export", "-e", str(cli_spec), *args])
+    assert result.exit_code == 0, result.output
+    assert "parity:" in result.output and "reid.onnx" in result.output
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    assert [o.name for o in session.get_outputs()] == ["fc_pred"]
+    images = np.random.default_rng(0).standard_normal((3, 3, 32, 16)).astype(np.float32)
+    (embeddings,) = session.run(None, {"input": images})
+    assert embeddings.shape == (3, 64) and np.isfinite(embeddings).all()
+    assert (tmp_path / "deepstream_tracker_reid.yml").is_file()
+
+
+def test_serve_answers_health_and_openapi(tmp_path):
+    import httpx
+
+    from live_server import LiveServer
+    from reidnet import __version__
+
+    server = LiveServer(tmp_path / "service").start()  # returns once /api/v1/health answers
+    try:
+        health = httpx.get(f"{server.url}/api/v1/health", timeout=10)
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "version": __version__}
+        paths = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+        assert {"/api/v1/health", "/api/v1/datasets"} <= set(paths)
+        # Everything else needs an API key.
+        assert httpx.get(f"{server.url}/api/v1/datasets", timeout=10).status_code == 401
+    finally:
+        server.stop()

@@ -20,7 +20,7 @@ from reidnet.engine import checkpoint as ckpt
 from reidnet.engine import distributed
 from reidnet.engine.retrieval import score_model
 from reidnet.engine.trainer import TrainingRun, train
-from test_training import TINY, synthetic, tiny_spec  # noqa: F401  (the tiny dataset fixture)
+from tiny_training import TINY, tiny_spec
 
 GLOBAL_BATCH = 32
 EPOCHS = 2
@@ -106,7 +106,7 @@ def metrics_lines(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_processes_train_once_and_like_one_process(synthetic, tmp_path):  # noqa: F811
+def test_two_processes_train_once_and_like_one_process(synthetic, tmp_path):
     results = tmp_path / "ddp"
     spec_file = write_spec(synthetic, results, tmp_path / "spec.yaml")
     done = torchrun(spec_file)

@@ -24,7 +24,7 @@ from reidnet.engine import checkpoint as ckpt
 from reidnet.engine import trainer as trainer_module
 from reidnet.engine.trainer import TrainingInterrupted, TrainingRun, train
 from reidnet.errors import ReidnetError
-from test_training import synthetic, tiny_spec  # noqa: F401  (the tiny dataset fixture)
+from tiny_training import tiny_spec
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.226, 0.226, 0.226)
@@ -74,7 +74,7 @@ def test_decoded_images_stay_on_the_gpu_only_when_they_fit():
     assert gpu.choose_placement(gb, torch.device("cpu"), 0.5)[0] == "host"
 
 
-def test_a_host_store_for_the_gpu_is_pageable_and_gathered_on_the_host(synthetic):  # noqa: F811
+def test_a_host_store_for_the_gpu_is_pageable_and_gathered_on_the_host(synthetic):
     """Pinning the whole store would round it up to a power of two (70 GB -> 128 GiB): only the
     per-batch buffers are pinned. Nothing here needs a GPU: the store never touches it."""
     paths = sorted((synthetic / "query").glob("*.jpg"))[:6]
@@ -217,11 +217,11 @@ def test_device_batches_are_reproducible_from_any_step():
 # -- training with the gpu pipeline ------------------------------------------------------------
 
 
-def test_auto_pipeline_is_the_dataloader_on_the_cpu(synthetic, tmp_path):  # noqa: F811
+def test_auto_pipeline_is_the_dataloader_on_the_cpu(synthetic, tmp_path):
     assert TrainingRun(tiny_spec(synthetic, tmp_path / "r")).pipeline == "dataloader"
 
 
-def test_gpu_pipeline_learns_and_resumes_mid_epoch_exactly(synthetic, tmp_path, monkeypatch):  # noqa: F811
+def test_gpu_pipeline_learns_and_resumes_mid_epoch_exactly(synthetic, tmp_path, monkeypatch):
     options = ("train.data_pipeline=gpu", "train.validation_interval=2")
     straight = train(tiny_spec(synthetic, tmp_path / "a", *options))
     first, last = straight.history[0], straight.history[-1]
@@ -249,7 +249,19 @@ def test_gpu_pipeline_learns_and_resumes_mid_epoch_exactly(synthetic, tmp_path, 
         torch.testing.assert_close(weights_b[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_failed_compilation_falls_back_to_eager(synthetic, tmp_path, monkeypatch, caplog):  # noqa: F811
+def compiler_raising(error: BaseException):
+    """A stand-in for torch.compile whose compiled module raises `error` when called."""
+
+    def compile_(model, **_):
+        def compiled(*args, **kwargs):
+            raise error
+
+        return compiled
+
+    return compile_
+
+
+def test_failed_compilation_falls_back_to_eager(synthetic, tmp_path, monkeypatch, caplog):
     from torch._inductor.exc import InductorError
 
     calls = []
@@ -272,19 +284,13 @@ def test_failed_compilation_falls_back_to_eager(synthetic, tmp_path, monkeypatch
 
 
 def test_an_error_that_is_not_a_compilation_error_is_not_swallowed(
-    synthetic,  # noqa: F811
+    synthetic,
     tmp_path,
     monkeypatch,
 ):
-    def compile_with_a_real_bug(model, **_):
-        def compiled(*args, **kwargs):
-            raise RuntimeError("shape mismatch in the model")
-
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", compile_with_a_real_bug)
+    monkeypatch.setattr(torch, "compile", compiler_raising(RuntimeError("shape mismatch")))
     spec = tiny_spec(synthetic, tmp_path / "r", "train.compile=true", "train.num_epochs=1")
-    with pytest.raises(RuntimeError, match="shape mismatch in the model"):
+    with pytest.raises(RuntimeError, match="shape mismatch"):
         train(spec)
 
 
@@ -319,17 +325,10 @@ def test_the_compile_warm_up_leaves_weights_statistics_and_gradients_as_they_wer
 
 
 def test_a_first_step_out_of_gpu_memory_says_what_to_lower_and_writes_nothing(
-    synthetic,  # noqa: F811
-    tmp_path,
-    monkeypatch,
+    synthetic, tmp_path, monkeypatch
 ):
-    def compile_out_of_memory(model, **_):
-        def compiled(*args, **kwargs):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", compile_out_of_memory)
+    out_of_memory = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(torch, "compile", compiler_raising(out_of_memory))
     spec = tiny_spec(
         synthetic, tmp_path / "r", "train.compile=true", "train.num_epochs=1", "train.amp=false"
     )

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from reidnet.losses import CenterLoss, CrossEntropyLabelSmooth, ReidLoss, TripletLoss
 
@@ -72,13 +71,29 @@ def test_label_smoothing_against_hand_computation():
     second = math.log(3)  # uniform prediction: -log(1/3) whatever the target
     loss = CrossEntropyLabelSmooth(num_classes=3, epsilon=0.1)(logits, labels)
     assert loss.item() == pytest.approx((first + second) / 2, abs=1e-6)
+    # The reference below (used for ReidLoss's terms) agrees with this hand computation.
+    reference = smoothed_cross_entropy(logits.tolist(), labels.tolist(), epsilon=0.1)
+    assert reference == pytest.approx((first + second) / 2, abs=1e-12)
 
 
 def test_label_smoothing_zero_is_plain_cross_entropy():
-    logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
-    labels = torch.tensor([0, 1, 2, 3, 0])
-    loss = CrossEntropyLabelSmooth(num_classes=4, epsilon=0.0)(logits, labels)
-    torch.testing.assert_close(loss, F.cross_entropy(logits, labels))
+    # -log softmax of the labelled score: log(e^2 + e + 1) - 2 for row 0, log 3 for row 1.
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    loss = CrossEntropyLabelSmooth(num_classes=3, epsilon=0.0)(logits, torch.tensor([0, 2]))
+    expected = (math.log(math.exp(2) + math.exp(1) + 1) - 2 + math.log(3)) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_smoothing_costs_a_confident_correct_prediction_and_helps_a_wrong_one():
+    """The smoothed target penalises certainty: a large correct margin costs more than plain
+    cross-entropy, and a confident wrong answer costs less (it is 0.9, not 1, on the label)."""
+    right = torch.tensor([[10.0, 0.0, 0.0]])
+    wrong = torch.tensor([[0.0, 10.0, 0.0]])
+    label = torch.tensor([0])
+    plain = CrossEntropyLabelSmooth(num_classes=3, epsilon=0.0)
+    smooth = CrossEntropyLabelSmooth(num_classes=3, epsilon=0.1)
+    assert smooth(right, label) > plain(right, label)
+    assert smooth(wrong, label) < plain(wrong, label)
 
 
 def test_label_smoothing_rejects_scores_of_another_class_count():
@@ -99,9 +114,26 @@ def test_center_loss_on_hand_example():
     torch.testing.assert_close(center_loss.centers.grad, torch.tensor([[-3.0, -4.0], [0.0, -1.0]]))
 
 
-def _inputs(num_classes: int = 3):
-    generator = torch.Generator().manual_seed(0)
-    cls_score = torch.randn(4, num_classes, generator=generator, requires_grad=True)
+# Classifier scores of the four POINTS over 3 classes, small enough to follow by hand.
+SCORES = [[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [0.0, 3.0, 0.0]]
+# The triplet term of POINTS at margin 0.3 (worked out at the top of the file).
+TRIPLET = (7.2 - math.sqrt(13) + 2 * math.sqrt(5)) / 4
+
+
+def smoothed_cross_entropy(scores: list[list[float]], labels: list[int], epsilon: float) -> float:
+    """Mean over rows of -sum_k q_k log p_k, with p = softmax(row) and
+    q = (1 - epsilon) * onehot(label) + epsilon / K: the formula, in plain Python floats."""
+    total = 0.0
+    for row, label in zip(scores, labels, strict=True):
+        log_norm = math.log(sum(math.exp(score) for score in row))
+        for k, score in enumerate(row):
+            target = (1 - epsilon) * (k == label) + epsilon / len(row)
+            total -= target * (score - log_norm)
+    return total / len(scores)
+
+
+def _inputs():
+    cls_score = torch.tensor(SCORES, requires_grad=True)
     return cls_score, POINTS.clone().requires_grad_(True), LABELS
 
 
@@ -109,16 +141,15 @@ def test_softmax_sampler_uses_the_identity_loss_only():
     cls_score, features, labels = _inputs()
     terms = ReidLoss(3, 2, sampler="softmax")(cls_score, features, labels)
     assert set(terms) == {"id", "total"}
-    expected = CrossEntropyLabelSmooth(3, 0.1)(cls_score, labels)
-    torch.testing.assert_close(terms["total"], expected)
+    expected = smoothed_cross_entropy(SCORES, labels.tolist(), epsilon=0.1)
+    assert terms["total"].item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_triplet_sampler_uses_the_triplet_loss_only():
     cls_score, features, labels = _inputs()
     terms = ReidLoss(3, 2, sampler="triplet")(cls_score, features, labels)
     assert set(terms) == {"triplet", "total"}
-    expected = (7.2 - math.sqrt(13) + 2 * math.sqrt(5)) / 4
-    assert terms["total"].item() == pytest.approx(expected, abs=1e-5)
+    assert terms["total"].item() == pytest.approx(TRIPLET, abs=1e-5)
 
 
 def test_softmax_triplet_sums_identity_and_triplet_and_backpropagates():
@@ -127,8 +158,16 @@ def test_softmax_triplet_sums_identity_and_triplet_and_backpropagates():
         cls_score, features, labels
     )
     assert set(terms) == {"id", "triplet", "total"}
-    torch.testing.assert_close(terms["id"], F.cross_entropy(cls_score, labels))
-    torch.testing.assert_close(terms["total"], terms["id"] + terms["triplet"])
+    # Unsmoothed: -log softmax of each labelled score (labels 0, 0, 1, 1).
+    plain = [
+        math.log(math.exp(2) + math.exp(1) + 1) - 2,
+        math.log(3),
+        math.log(2 * math.e + 1),
+        math.log(math.exp(3) + 2) - 3,
+    ]
+    assert terms["id"].item() == pytest.approx(sum(plain) / 4, abs=1e-6)
+    assert terms["triplet"].item() == pytest.approx(TRIPLET, abs=1e-5)
+    assert terms["total"].item() == pytest.approx(sum(plain) / 4 + TRIPLET, abs=1e-5)
     terms["total"].backward()
     assert cls_score.grad is not None and features.grad is not None
 
@@ -138,19 +177,25 @@ def test_center_loss_is_added_with_its_weight():
     loss = ReidLoss(
         3, 2, metric_loss_type="triplet_center", with_center_loss=True, center_loss_weight=0.5
     )
+    assert loss.center_loss.centers.shape == (3, 2)
+    with torch.no_grad():
+        loss.center_loss.centers.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]]))
     terms = loss(cls_score, features, labels)
     assert set(terms) == {"id", "triplet", "center", "total"}
-    torch.testing.assert_close(
-        terms["total"], terms["id"] + terms["triplet"] + 0.5 * terms["center"]
-    )
-    assert loss.center_loss.centers.shape == (3, 2)
+    # Squared offsets from the label's center: p0 0, p1 (3,4) 25, p2 (0,-1) 1, p3 (-1,1) 2.
+    assert terms["center"].item() == pytest.approx(28 / 4)
+    identity = smoothed_cross_entropy(SCORES, labels.tolist(), epsilon=0.1)
+    expected = identity + TRIPLET + 0.5 * 28 / 4
+    assert terms["total"].item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_identity_and_triplet_weights_scale_their_terms_in_the_total():
     cls_score, features, labels = _inputs()
     loss = ReidLoss(3, 2, id_loss_weight=0.5, triplet_loss_weight=2.0)
     terms = loss(cls_score, features, labels)
-    torch.testing.assert_close(terms["total"], 0.5 * terms["id"] + 2.0 * terms["triplet"])
+    identity = smoothed_cross_entropy(SCORES, labels.tolist(), epsilon=0.1)
+    assert terms["id"].item() == pytest.approx(identity, abs=1e-6)  # unweighted in the dict
+    assert terms["total"].item() == pytest.approx(0.5 * identity + 2.0 * TRIPLET, abs=1e-5)
 
 
 def test_center_metric_replaces_the_triplet_term():

@@ -1,5 +1,7 @@
 """ReIdentificationNet and its ResNet backbones: shapes, last stride, BNNeck, offline ImageNet
-weights, classifier growth and checkpoint loading. Small inputs (64x32) and resnet_18 keep it fast.
+weights, checkpoint loading and ONNX export. Expected outputs come from the trunk's feature map
+with pooling, projection and BatchNorm written out by hand. Small inputs (64x32) and resnet_18
+keep it fast.
 """
 
 import logging
@@ -62,6 +64,15 @@ def test_last_stride_two_is_plain_resnet():
     trunk, _ = build_backbone("resnet_18", last_stride=2)
     with torch.no_grad():
         assert trunk(torch.randn(2, 3, 64, 32)).shape == (2, 512, 2, 1)
+
+
+def test_last_stride_one_doubles_both_sides_of_the_last_feature_map():
+    images = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        strided = build_backbone("resnet_18", last_stride=2)[0](images)
+        kept = build_backbone("resnet_18", last_stride=1)[0](images)
+    assert strided.shape == (2, 512, 4, 2)  # 128x64 / 32
+    assert kept.shape == (2, 512, 8, 4)  # 128x64 / 16
 
 
 def test_unknown_backbone_lists_valid_names():
@@ -158,14 +169,57 @@ def test_files_that_would_run_code_when_unpickled_are_refused(tmp_path):
 # --- ReIdentificationNet ------------------------------------------------------------------------
 
 
-def test_training_forward_returns_scores_and_pre_neck_feature():
-    net = small_net(num_classes=6, feat_dim=128).train()
-    cls_score, global_feat = net(tiny_batch())
-    assert cls_score.shape == (4, 6)
-    assert global_feat.shape == (4, 128)
-    # The triplet loss sees the pre-BN feature; the classifier sees the BNNeck output.
-    torch.testing.assert_close(global_feat, net.global_feature(tiny_batch()))
-    torch.testing.assert_close(cls_score, net.classifier(net.bnneck(global_feat)))
+def forward_capturing_trunk(net: ReIdentificationNet, images: torch.Tensor):
+    """`net(images)` and the trunk's feature map of that same pass (of the first pass with the
+    flip feature), read by a forward hook."""
+    maps = []
+    handle = net.backbone.register_forward_hook(lambda _m, _i, output: maps.append(output))
+    try:
+        output = net(images)
+    finally:
+        handle.remove()
+    return output, maps[0]
+
+
+def pooled_and_projected(net: ReIdentificationNet, feature_map: torch.Tensor) -> torch.Tensor:
+    """Global average pooling and the 1x1 projection written out as a mean and a matrix product."""
+    pooled = feature_map.mean(dim=(2, 3))
+    if net.projection is None:
+        return pooled
+    return pooled @ net.projection.weight[:, :, 0, 0].T
+
+
+def test_training_forward_classifies_the_batch_normalised_feature_and_returns_the_raw_one():
+    # num_classes == feat_dim and an identity classifier: the scores are the BNNeck output.
+    net = small_net(num_classes=64, feat_dim=64).train()
+    with torch.no_grad():
+        net.classifier.weight.copy_(torch.eye(64))
+        net.bnneck.weight.uniform_(0.5, 2)
+    (cls_score, global_feat), feature_map = forward_capturing_trunk(net, tiny_batch())
+    # The triplet loss sees the pooled, projected feature before the BNNeck...
+    torch.testing.assert_close(global_feat, pooled_and_projected(net, feature_map))
+    # ...the classifier sees it normalised with the statistics of this batch (biased variance).
+    mean, var = global_feat.mean(0), global_feat.var(0, unbiased=False)
+    expected = (global_feat - mean) / torch.sqrt(var + 1e-5) * net.bnneck.weight
+    torch.testing.assert_close(cls_score, expected, rtol=1e-4, atol=1e-4)
+    # and the running statistics eval will use moved 10% of the way (momentum 0.1) from 0 / 1.
+    torch.testing.assert_close(net.bnneck.running_mean, 0.1 * mean.detach())
+    unbiased = global_feat.var(0, unbiased=True).detach()
+    torch.testing.assert_close(net.bnneck.running_var, 0.9 + 0.1 * unbiased)
+
+
+@pytest.mark.parametrize("feat_dim", [512, 64], ids=["trunk-channels", "projected"])
+@pytest.mark.parametrize(
+    ("neck", "neck_feat"), [("bnneck", "after"), ("bnneck", "before"), ("no", "after")]
+)
+def test_output_shapes_and_dtypes_for_each_neck_option(neck, neck_feat, feat_dim):
+    net = small_net(num_classes=6, feat_dim=feat_dim, neck=neck, neck_feat=neck_feat)
+    cls_score, global_feat = net.train()(tiny_batch(3))
+    assert cls_score.shape == (3, 6) and global_feat.shape == (3, feat_dim)
+    with torch.no_grad():
+        embedding = net.eval()(tiny_batch(5))
+    assert embedding.shape == (5, feat_dim)
+    assert cls_score.dtype == global_feat.dtype == embedding.dtype == torch.float32
 
 
 def test_projection_only_when_feat_dim_differs_from_trunk_channels():
@@ -193,34 +247,53 @@ def _non_trivial_running_stats(net: ReIdentificationNet) -> None:
         net.bnneck.weight.uniform_(0.5, 2)
 
 
-def test_eval_embedding_after_neck_is_the_batchnormed_feature():
+def _hand_bnneck(net: ReIdentificationNet, feature: torch.Tensor) -> torch.Tensor:
+    """Eval BatchNorm with the running statistics, written out (the shift is frozen at 0)."""
+    bn = net.bnneck
+    return (feature - bn.running_mean) / torch.sqrt(bn.running_var + 1e-5) * bn.weight
+
+
+def test_eval_embedding_after_neck_is_the_feature_normalised_with_running_stats():
     net = small_net(feat_dim=64, neck_feat="after").eval()
     _non_trivial_running_stats(net)
-    images = tiny_batch()
+    running = net.bnneck.running_mean.clone(), net.bnneck.running_var.clone()
     with torch.no_grad():
-        feature = net.global_feature(images)
-        bn = net.bnneck
-        expected = (feature - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight
-        torch.testing.assert_close(net(images), expected)
+        embedding, feature_map = forward_capturing_trunk(net, tiny_batch())
+    expected = _hand_bnneck(net, pooled_and_projected(net, feature_map))
+    torch.testing.assert_close(embedding, expected)
+    # Eval never touches the statistics: embedding an image does not change the next one.
+    assert torch.equal(net.bnneck.running_mean, running[0])
+    assert torch.equal(net.bnneck.running_var, running[1])
 
 
-def test_eval_embedding_before_neck_is_the_pooled_feature():
-    net = small_net(feat_dim=64, neck_feat="before").eval()
-    _non_trivial_running_stats(net)
+def test_eval_embedding_before_neck_is_the_raw_feature_of_the_same_weights():
+    after = small_net(feat_dim=64, neck_feat="after").eval()
+    _non_trivial_running_stats(after)
+    before = small_net(feat_dim=64, neck_feat="before").eval()
+    before.load_state_dict(after.state_dict())
     images = tiny_batch()
     with torch.no_grad():
-        torch.testing.assert_close(net(images), net.global_feature(images))
+        raw, feature_map = forward_capturing_trunk(before, images)
+        torch.testing.assert_close(raw, pooled_and_projected(before, feature_map))
+        torch.testing.assert_close(after(images), _hand_bnneck(after, raw))
+        assert not torch.allclose(raw, after(images), atol=1e-2)  # the choice matters
 
 
 def test_no_neck_classifies_the_feature_directly():
-    net = small_net(feat_dim=64, neck="no")
+    net = small_net(num_classes=3, feat_dim=64, neck="no")
     assert net.bnneck is None
-    images = tiny_batch()
+    weight = torch.zeros(3, 64)
+    weight[0, 0], weight[1, 1], weight[2, :2] = 1.0, -2.0, 1.0
     with torch.no_grad():
-        cls_score, global_feat = net.train()(images)
-        torch.testing.assert_close(cls_score, net.classifier(global_feat))
-        net.eval()
-        torch.testing.assert_close(net(images), net.global_feature(images))
+        net.classifier.weight.copy_(weight)
+        (cls_score, global_feat), feature_map = forward_capturing_trunk(net.train(), tiny_batch())
+        torch.testing.assert_close(global_feat, pooled_and_projected(net, feature_map))
+        # scores: feature 0, -2 x feature 1, and their sum, with no normalisation between.
+        features = global_feat[:, :2]
+        expected = torch.stack([features[:, 0], -2 * features[:, 1], features.sum(1)], 1)
+        torch.testing.assert_close(cls_score, expected)
+        embedding, feature_map = forward_capturing_trunk(net.eval(), tiny_batch())
+        torch.testing.assert_close(embedding, pooled_and_projected(net, feature_map))
 
 
 def test_flip_feature_sums_image_and_mirror_embeddings():
@@ -234,6 +307,8 @@ def test_flip_feature_sums_image_and_mirror_embeddings():
         torch.testing.assert_close(net(images), expected)
         # Hence mirroring the input does not change the embedding.
         torch.testing.assert_close(net(images.flip(-1)), net(images))
+        # Not so for an upside-down input: the flip is the horizontal one.
+        assert not torch.allclose(net(images.flip(-2)), net(images), atol=1e-3)
 
 
 def test_channels_last_gives_the_same_embedding():
@@ -322,20 +397,22 @@ def test_pretrain_choice_self_needs_a_path():
 
 
 def test_flip_embedding_exports_to_onnx_with_a_dynamic_batch(tmp_path):
+    """Through the exporter `reidnet export` uses (TorchScript, opset 17, TAO's tensor names)."""
     ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
+    from reidnet.deploy.onnx import write_graph
+
     net = small_net(feat_dim=64, with_flip_feature=True).eval()
+    _non_trivial_running_stats(net)
     onnx_file = tmp_path / "reid.onnx"
-    torch.onnx.export(
-        net,
-        (tiny_batch(2),),
-        onnx_file,
-        input_names=["input"],
-        output_names=["fc_pred"],
-        dynamic_shapes={"images": {0: torch.export.Dim.DYNAMIC}},
-    )
+    write_graph(net, onnx_file, (64, 32), opset_version=17)  # traced with a batch of 2
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    assert [o.name for o in session.get_outputs()] == ["fc_pred"]
     images = tiny_batch(3)
-    (exported,) = ort.InferenceSession(str(onnx_file)).run(None, {"input": images.numpy()})
+    (exported,) = session.run(None, {"input": images.numpy()})
     with torch.no_grad():
         expected = net(images).numpy()
     np.testing.assert_allclose(exported, expected, rtol=1e-4, atol=1e-4)
+    # The mirror pass is inside the graph: a mirrored batch embeds the same.
+    (mirrored,) = session.run(None, {"input": images.flip(-1).numpy()})
+    np.testing.assert_allclose(mirrored, exported, rtol=1e-4, atol=1e-4)

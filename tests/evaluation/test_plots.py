@@ -157,7 +157,27 @@ def test_short_rows_keep_the_grid_size(images, tmp_path):
         assert image.size == (13 * CELL_WIDTH_PX, 2 * CELL_HEIGHT_PX + LEGEND_HEIGHT_PX)
 
 
-def test_same_seed_draws_the_same_queries(images, tmp_path):
+def _drawn_query_ids(images, distmat, seed: int) -> tuple[str, ...]:
+    """The identities of the query rows a seed draws, read from the figure's query labels."""
+    import matplotlib.pyplot as plt
+
+    query_paths, gallery_paths = images
+    figure = sampled_matches_figure(
+        query_paths,
+        gallery_paths,
+        distmat,
+        QUERY_PIDS,
+        GALLERY_PIDS,
+        num_query=2,
+        max_rank=1,
+        seed=seed,
+    )
+    labels = [text.get_text() for text in figure.texts]
+    plt.close(figure)
+    return tuple(label.split("\n")[1] for label in labels if label.startswith("query"))
+
+
+def test_same_seed_draws_the_same_queries_and_other_seeds_other_ones(images, tmp_path):
     query_paths, gallery_paths = images
     distmat = np.random.default_rng(1).random((4, 8))
     drawn = []
@@ -176,6 +196,11 @@ def test_same_seed_draws_the_same_queries(images, tmp_path):
         with Image.open(path) as image:
             drawn.append(np.asarray(image))
     np.testing.assert_array_equal(drawn[0], drawn[1])
+    # 2 of 4 queries: 6 possible pairs. A seed that is ignored would draw one pair every time.
+    pairs = [_drawn_query_ids(images, distmat, seed) for seed in range(6)]
+    assert all(len(set(pair)) == 2 for pair in pairs)  # without replacement
+    assert len(set(pairs)) >= 3, pairs
+    assert {pid for pair in pairs for pid in pair} == {"id 1", "id 2", "id 3", "id 4"}
 
 
 def test_missing_image_names_the_file(images, tmp_path):
