@@ -187,6 +187,12 @@ class LocalProcessExecutor(JobExecutor):
             members = _job_processes(leader, str(job_dir))
         for pid in members:
             _signal(pid, signal.SIGKILL)
+        # A killed process runs until the kernel has torn it down: wait (briefly) until it is
+        # gone or a zombie, so the job counts as stopped only when its processes are.
+        deadline = time.monotonic() + 5
+        while members and time.monotonic() < deadline:
+            time.sleep(0.05)
+            members = _job_processes(leader, str(job_dir))
 
 
 def executor_for(settings: ServiceSettings) -> JobExecutor:
