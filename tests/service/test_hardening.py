@@ -216,6 +216,45 @@ def test_a_lone_surrogate_in_an_experiment_name_is_refused(alice):
 
 
 @pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/api/v1/experiments", '{"name": "a\\u0000b"}'),
+        ("/api/v1/experiments", '{"name": "ok", "eval_dataset": "\\u0000"}'),
+    ],
+)
+def test_a_nul_character_is_refused_before_the_database_sees_it(alice, url, body):
+    # PostgreSQL refuses NUL in text and JSON columns (SQLite stores it): found by the fuzzer.
+    answer = post_raw(alice, url, body)
+    assert answer.status_code == 400, answer.text
+    assert "NUL" in answer.json()["detail"]
+    assert alice.get("/api/v1/experiments").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/datasets/a%00b", "/api/v1/experiments/a%00b", "/api/v1/experiments/x/jobs/a%00b"],
+)
+def test_a_nul_character_in_an_id_is_a_404_like_any_unknown_id(alice, path):
+    answer = alice.get(path)
+    assert answer.status_code == 404, answer.text
+
+
+def test_a_nul_character_in_a_log_or_file_name_is_no_server_error(alice, experiment_id):
+    job = alice.post(jobs_url(experiment_id), json={"action": "train", "specs": TINY_TRAIN})
+    base = f"{jobs_url(experiment_id)}/{job.json()['id']}"
+    for path in (f"{base}:download?file=a%00b", f"{base}/logs?tail=a%00"):
+        assert alice.get(path).status_code < 500, path
+    alice.post(f"{base}:cancel")
+
+
+def test_a_nul_character_in_a_spec_string_is_refused(alice, experiment_id):
+    body = '{"action": "train", "specs": {"wandb": {"name": "bad \\u0000 text"}}}'
+    answer = post_raw(alice, jobs_url(experiment_id), body)
+    assert answer.status_code == 400, answer.text
+    assert "specs.wandb.name" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
     ("specs", "section"),
     [
         ({"dataset": 1}, "dataset"),

@@ -14,15 +14,20 @@ from reidnet.service.db import Dataset, Experiment, Job
 from reidnet.service.errors import not_found
 
 
+def _impossible(row_id: str) -> bool:
+    """An id no row can have: PostgreSQL refuses a NUL in a query (an error, not "no row")."""
+    return "\x00" in row_id
+
+
 def owned_experiment(session: Session, owner_id: int, experiment_id: str) -> Experiment:
-    experiment = session.get(Experiment, experiment_id)
+    experiment = None if _impossible(experiment_id) else session.get(Experiment, experiment_id)
     if experiment is None or experiment.owner_id != owner_id:
         raise not_found("experiment", experiment_id)
     return experiment
 
 
 def owned_job(session: Session, owner_id: int, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+    job = None if _impossible(job_id) else session.get(Job, job_id)
     if job is None or job.owner_id != owner_id:
         raise not_found("job", job_id)
     return job
@@ -34,6 +39,11 @@ def experiment_job(session: Session, owner_id: int, experiment_id: str, job_id: 
     The experiment is joined with the job left outer, so a missing experiment and a missing job
     still get their own 404.
     """
+    if _impossible(experiment_id):
+        raise not_found("experiment", experiment_id)
+    if _impossible(job_id):
+        owned_experiment(session, owner_id, experiment_id)
+        raise not_found("job", job_id)
     row = session.execute(
         select(Experiment, Job)
         .outerjoin(
@@ -50,7 +60,7 @@ def experiment_job(session: Session, owner_id: int, experiment_id: str, job_id: 
 
 
 def owned_dataset(session: Session, owner_id: int, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
+    dataset = None if _impossible(dataset_id) else session.get(Dataset, dataset_id)
     if dataset is None or dataset.owner_id != owner_id:
         raise not_found("dataset", dataset_id)
     return dataset

@@ -97,8 +97,9 @@ MAX_JSON_DEPTH = 12  # a spec nests 4 deep (dataset.train_dataset_dir[0].path)
 
 def check_json_value(value: Any, where: str = "specs") -> None:
     """Refuse JSON the service cannot store and send back: nesting deeper than MAX_JSON_DEPTH
-    (recursive code would overflow) and strings holding lone surrogates (JSON's "\\ud800":
-    not Unicode, so no UTF-8 response can carry them). Iterative, so any depth is safe."""
+    (recursive code would overflow), strings holding lone surrogates (JSON's "\\ud800":
+    not Unicode, so no UTF-8 response can carry them) and NUL characters (PostgreSQL refuses
+    them). Iterative, so any depth is safe."""
     stack = [(value, where, 0)]
     while stack:
         node, path, depth = stack.pop()
@@ -118,6 +119,11 @@ def check_json_value(value: Any, where: str = "specs") -> None:
 
 
 def _check_text(text: str, path: str) -> None:
+    if "\x00" in text:  # PostgreSQL stores no NUL in text or JSON (SQLite would)
+        raise ReidnetError(
+            f"{shown_key(ascii(path))} holds a NUL character (\\u0000) at character "
+            f"{text.index(chr(0))}: the database cannot store it; leave it out"
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
