@@ -19,8 +19,9 @@ import pytest
 import torch
 from torch import nn
 
+import tiny_training
 from reidnet.actions import export, train
-from reidnet.config import load_spec
+from reidnet.config import deep_merge, load_spec
 from reidnet.contracts import Architecture
 from reidnet.convert import convert
 from reidnet.data.market import read_records
@@ -33,23 +34,7 @@ from reidnet.model.backbone import load_trunk_weights, mobilenet_v2_current_keys
 
 WEIGHTS_ENV = "REIDNET_MOBILENETV2_WEIGHTS"
 
-TINY = {
-    "model": {
-        "backbone": "mobilenet_v2",
-        "pretrain_choice": "none",
-        "input_height": 32,
-        "input_width": 16,
-        "feat_dim": 64,
-    },
-    "dataset": {"batch_size": 16, "num_instances": 4, "num_workers": 0, "padding": 2},
-    "train": {
-        "num_epochs": 2,
-        "checkpoint_interval": 1,
-        "validation_interval": 1,
-        "seed": 3,
-        "optim": {"base_lr": 0.001, "warmup_iters": 0, "lr_steps": [50]},
-    },
-}
+TINY = deep_merge(tiny_training.TINY, {"model": {"backbone": "mobilenet_v2"}})
 
 
 @pytest.fixture(scope="module")

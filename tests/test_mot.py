@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from reidnet.actions import evaluate, train
 from reidnet.cli import app
-from reidnet.config import load_spec
+from reidnet.config import deep_merge, load_spec
 from reidnet.data.market import parse_market_name
 from reidnet.data.mot import (
     ConvertOptions,
@@ -36,6 +36,7 @@ from reidnet.data.mot import (
     thin_track,
 )
 from reidnet.errors import ReidnetError
+from tiny_training import TINY
 
 runner = CliRunner()
 BACKGROUND = (128, 128, 128)
@@ -575,23 +576,7 @@ def test_video_shorter_than_its_labels_counts_the_lost_crops(tmp_path):
     assert report.images["train"] == 12
 
 
-TINY_SPEC = {
-    "model": {
-        "backbone": "resnet_18",
-        "pretrain_choice": "none",
-        "input_height": 32,
-        "input_width": 16,
-        "feat_dim": 64,
-    },
-    "dataset": {"batch_size": 16, "num_instances": 4, "num_workers": 0, "padding": 2},
-    "train": {
-        "num_epochs": 1,
-        "checkpoint_interval": 1,
-        "validation_interval": 1,
-        "seed": 3,
-        "optim": {"base_lr": 0.001, "warmup_iters": 0, "lr_steps": [50]},
-    },
-}
+TINY_SPEC = deep_merge(TINY, {"train": {"num_epochs": 1}})
 
 
 def tiny_spec(data: Path, results: Path, *overrides: str):
