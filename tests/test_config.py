@@ -7,6 +7,7 @@ import yaml
 
 from reidnet.config import (
     ACTIONS,
+    dump_spec,
     load_spec,
     parse_override,
     spec_json_schema,
@@ -277,14 +278,44 @@ def test_relative_paths_in_a_spec_file_resolve_against_its_folder(tmp_path, monk
     monkeypatch.chdir(tmp_path)  # somewhere else: the file's folder decides, not this one
     spec = load_spec(folder / "train.yaml", ["dataset.test_dataset_dir=data/gallery"])
     project = tmp_path / "project"
-    assert Path(spec.results_dir) == folder / "../results"
-    assert Path(spec.results_dir).resolve() == project / "results"
+    assert spec.results_dir == str(project / "results")  # normalised: no specs/../ printed
     assert Path(spec.model.pretrained_model_path) == folder / "weights" / "r50.pth"
     paths = [Path(f.path).resolve() for f in spec.dataset.train_folders()]
     assert paths == [project / "data" / "a", project / "data" / "b", Path("/abs/c")]
     assert Path(spec.dataset.query_dataset_dir).resolve() == project / "data" / "query"
     assert Path(spec.evaluate.checkpoint).resolve() == project / "results/train/model_epoch_010.pth"
     assert spec.dataset.test_dataset_dir == "data/gallery"  # an override: the current folder
+
+
+def test_a_written_spec_reruns_from_any_folder_with_the_same_paths(tmp_path, monkeypatch):
+    """resolved_spec.yaml is the record of a run: relative paths of the run (here from the
+    command line, relative to the folder it ran in) are written absolute, so loading the file
+    from elsewhere finds the same folders. Before, `quickstart_out/data/query` came back as
+    `<the file's folder>/quickstart_out/data/query`."""
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    spec = load_spec(
+        overrides=[
+            "results_dir=out/results",
+            "dataset.train_dataset_dir=[data/train, {path: ../synth/train, source: synthetic}]",
+            "dataset.query_dataset_dir=./data/query",
+            "evaluate.checkpoint=out/results/train/model_epoch_002.pth",
+        ]
+    )
+    record = project / "out" / "results" / "train" / "resolved_spec.yaml"
+    record.parent.mkdir(parents=True)
+    record.write_text(dump_spec(spec))
+    monkeypatch.chdir(tmp_path)
+    again = load_spec(record)
+    assert again.results_dir == str(project / "out" / "results")
+    assert [f.path for f in again.dataset.train_folders()] == [
+        str(project / "data" / "train"),
+        str(tmp_path / "synth" / "train"),
+    ]
+    assert again.dataset.query_dataset_dir == str(project / "data" / "query")
+    assert again.evaluate.checkpoint == str(project / "out/results/train/model_epoch_002.pth")
+    assert again.dataset.test_dataset_dir is None  # unset stays unset, not the file's folder
 
 
 REPO = Path(__file__).resolve().parents[1]

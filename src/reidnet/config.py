@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+import os
 import re
 import reprlib
 import typing
@@ -575,7 +576,7 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
 
     def resolved(value: Any) -> Any:
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            return str(base / value)
+            return os.path.normpath(base / value)  # configs/../data is printed as data
         return value
 
     for dotted in PATH_KEYS:
@@ -665,8 +666,15 @@ def write_default_specs(results_dir: str | Path, out_dir: str | Path | None = No
 
 
 def dump_spec(spec: ExperimentSpec) -> str:
-    """The resolved spec as YAML text."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    """The resolved spec as YAML text, every path absolute.
+
+    A spec's relative paths are relative to the folder the command ran in, but once written to
+    a file they would resolve against the file's folder: `resolved_spec.yaml`, the record of a
+    run, must rerun from wherever it is given.
+    """
+    data = spec.model_dump(mode="json")
+    _resolve_relative_paths(data, Path.cwd())
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
 MAX_YAML_NODES = 100_000  # a whole TAO spec is a few hundred nodes
