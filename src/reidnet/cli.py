@@ -300,7 +300,58 @@ def quickstart_command(
     for step, seconds in summary.seconds.items():
         console.print(f"{step}: {seconds:.1f} s")
     for name, path in summary.paths.items():
-        console.print(f"{name}: {path}", highlight=False)
+        console.print(f"{name}: {path}", highlight=False, soft_wrap=True)
+    console.print(
+        "\nnext: the best checkpoint again, re-ranked (k-reciprocal), from the run's own spec:",
+        highlight=False,
+    )
+    console.print(summary.next_command, highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command("doctor")
+def doctor_command(json_output: JsonFlag = False) -> None:
+    """Versions, the device and the optional features: what a bug report needs.
+
+    Exits 1 when torch, torchvision or onnxruntime is installed but does not import.
+    """
+    from reidnet.doctor import report
+
+    found = report()
+    if json_output:
+        print(json.dumps(found, indent=2))
+    else:
+        _print_doctor(found)
+    if found["problems"]:
+        raise typer.Exit(1)
+
+
+def _print_doctor(found: dict) -> None:
+    console.print(f"reidnet {found['reidnet']}, Python {found['python']}, {found['platform']}")
+    for name, installed in found["packages"].items():
+        problem = found["problems"].get(name)
+        state = installed or "not installed"
+        line = f"  {name}: {state}" + (f"  BROKEN: {problem}" if problem else "")
+        console.print(Text(line), soft_wrap=True)
+    device = found["device"]
+    if device["device"] == "cuda":
+        details = f"CUDA {device['cuda']}: {', '.join(device['gpus'])}"
+    elif device["device"] == "cpu":
+        details = f"{device['threads']} threads; {device['note']}"
+    else:
+        details = device["note"]
+    console.print(f"device: {device['device'] or 'none'} ({details})", highlight=False)
+    table = Table(title="optional features")
+    for column in ("feature", "package", "installed", "to add it"):
+        table.add_column(column)
+    for feature in found["features"]:
+        installed = feature["version"]
+        table.add_row(
+            Text(feature["feature"]),
+            feature["package"],
+            installed or "missing",
+            Text("" if installed else feature["install"]),
+        )
+    console.print(table)
 
 
 def _print_metrics(metrics: dict, title: str) -> None:
@@ -983,3 +1034,11 @@ def main() -> None:
     except KeyboardInterrupt:
         error_console.print("[bold red]interrupted[/]")
         sys.exit(130)
+    except Exception as error:
+        from reidnet.doctor import broken_install
+
+        message = broken_install(error)
+        if message is None:
+            raise
+        error_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+        sys.exit(2)

@@ -6,6 +6,7 @@ Everything it makes lies under one folder, and the summary lists every path.
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from reidnet.config import ExperimentSpec, load_spec
+from reidnet.contracts import BEST_CHECKPOINT
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class QuickstartSummary:
     trained: dict[str, Any]
     seconds: dict[str, float]
     paths: dict[str, Path] = field(default_factory=dict)
+    next_command: str = ""  # a command to run next, exactly as printed, from the same folder
 
 
 def quickstart_spec(out_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentSpec:
@@ -51,12 +54,14 @@ def run_quickstart(
     device: str | None = None,
 ) -> QuickstartSummary:
     from reidnet.actions import evaluate, inference
-    from reidnet.contracts import METRICS_FILE, Architecture
+    from reidnet.contracts import LATEST_CHECKPOINT, METRICS_FILE, Architecture
     from reidnet.data.market import read_records
     from reidnet.data.synthetic import generate_synthetic_dataset
     from reidnet.engine.embed import resolve_device
+    from reidnet.engine.record import SPEC_NAME, log_name
     from reidnet.engine.retrieval import score_model
     from reidnet.engine.trainer import TrainingRun
+    from reidnet.evaluation.plots import TRAINING_CURVES_FILE
 
     out_dir = Path(out_dir)
     spec = quickstart_spec(out_dir, overrides)
@@ -96,15 +101,41 @@ def run_quickstart(
     evaluation = evaluate(spec, device)
     embeddings = inference(spec, device)
     seconds["evaluation + inference"] = time.perf_counter() - clock
+    train_dir, evaluate_dir = result.results_dir, evaluation.results_file.parent
     paths = {
         "dataset": data_dir,
-        "checkpoint": result.last_checkpoint,
-        "metrics (per epoch)": result.results_dir / METRICS_FILE,
-        "tensorboard": result.results_dir / "tensorboard",
+        "checkpoint (final epoch)": result.last_checkpoint,
+        "checkpoint (best validation mAP)": train_dir / BEST_CHECKPOINT,
+        "resume state (optimizer included)": train_dir / LATEST_CHECKPOINT,
+        "training curves": train_dir / TRAINING_CURVES_FILE,
+        "metrics (per epoch)": train_dir / METRICS_FILE,
+        "tensorboard": train_dir / "tensorboard",
+        "training log": train_dir / log_name("train"),
+        "training spec (resolved)": train_dir / SPEC_NAME,
         "evaluation results": evaluation.results_file,
         **{name.replace("_", " ") + " plot": path for name, path in evaluation.plots.items()},
+        "evaluation log": evaluate_dir / log_name("evaluate"),
         "embeddings (json)": embeddings.json_file,
         "embeddings (npy)": embeddings.npy_file,
         "embeddings index (csv)": embeddings.index_file,
     }
-    return QuickstartSummary(out_dir, untrained, evaluation.metrics, seconds, paths)
+    return QuickstartSummary(
+        out_dir, untrained, evaluation.metrics, seconds, paths, next_command(out_dir, train_dir)
+    )
+
+
+def next_command(out_dir: Path, train_dir: Path) -> str:
+    """Score the best checkpoint again with k-reciprocal re-ranking, from the run's own record
+    (its resolved spec), into a folder of its own so the tour's results stay as they are."""
+    from reidnet.engine.record import SPEC_NAME
+
+    words = [
+        "reidnet",
+        "evaluate",
+        "-e",
+        str(train_dir / SPEC_NAME),
+        f"evaluate.checkpoint={train_dir / BEST_CHECKPOINT}",
+        "re_ranking.re_ranking=true",
+        f"results_dir={out_dir / 're_ranked'}",
+    ]
+    return shlex.join(words)
