@@ -806,9 +806,12 @@ def serve_command(
     Sizes are in bytes there (REIDNET_MAX_UPLOAD_BYTES); docs/SERVICE.md lists every setting.
     """
     # One line per paragraph above: the rich help re-wraps a paragraph but keeps its line breaks.
+    import functools
+
     import uvicorn
 
     from reidnet.service.app import create_app
+    from reidnet.service.head_limit import BoundedHeadProtocol
 
     settings = _service_settings(data_dir, {}, context)
     _check_port_free(host, port)
@@ -825,6 +828,7 @@ def serve_command(
         create_app(settings),
         host=host,
         port=port,
+        http=functools.partial(BoundedHeadProtocol, max_head_bytes=settings.max_header_bytes),
         log_level="info",
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,
