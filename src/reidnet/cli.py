@@ -852,14 +852,20 @@ def serve_command(
 ) -> None:
     """Run the fine-tuning REST API (docs at /docs); jobs run as child processes, or on Ray.
 
-    An option left out is read from the environment variable REIDNET_<SETTING> if set
-    (REIDNET_MAX_JOBS, REIDNET_EXECUTOR; sizes in bytes: REIDNET_MAX_UPLOAD_BYTES).
+    An option left out is read from its variable REIDNET_<SETTING>, e.g. REIDNET_MAX_JOBS=4.
+
+    Sizes are in bytes there (REIDNET_MAX_UPLOAD_BYTES); docs/SERVICE.md lists every setting.
     """
+    # One line per paragraph above: the rich help re-wraps a paragraph but keeps its line breaks.
+    import functools
+
     import uvicorn
 
     from reidnet.service.app import create_app
+    from reidnet.service.head_limit import BoundedHeadProtocol
 
     settings = _service_settings(data_dir, {}, context)
+    _check_port_free(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger(__name__).warning(
             "listening on %s: API keys travel in clear text unless a TLS proxy is in front", host
@@ -873,10 +879,46 @@ def serve_command(
         create_app(settings),
         host=host,
         port=port,
+        http=functools.partial(BoundedHeadProtocol, max_head_bytes=settings.max_header_bytes),
         log_level="info",
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,
     )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port in use before the data folder and database are made: uvicorn binds only
+    after the app has started, then prints its raw `[Errno 98]`.
+
+    The probe binds as uvicorn's socket will (SO_REUSEADDR), so a port whose last connections
+    linger in TIME_WAIT, as after a restart, counts as free. Another server could still take the
+    port in the second until uvicorn binds it; it then gets uvicorn's error.
+    """
+    import errno
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ReidnetError(f"--port {port} is not a TCP port (0 to 65535)")
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise ReidnetError(f"--host {host!r} cannot be resolved: {error.strerror}") from None
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio's server: "::" leaves IPv4 to others
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise ReidnetError(
+                        f"port {port} on {host} is in use by another program: stop it, or give "
+                        "another port with --port"
+                    ) from None
+                raise ReidnetError(
+                    f"cannot listen on --host {host} --port {port}: {error.strerror}"
+                ) from None
 
 
 def _service_settings(

@@ -30,6 +30,10 @@ from reidnet.contracts import METRICS_FILE, job_file
 from reidnet.errors import ReidnetError
 
 FINISHED = ("Done", "Error", "Canceled")
+# The lists come in pages; the list methods read them all, this many items a request (the
+# server's most) and stop at the total the server gives in TOTAL_HEADER.
+PAGE_SIZE = 1000
+TOTAL_HEADER = "X-Total-Count"
 
 
 class ApiError(ReidnetError):
@@ -70,6 +74,18 @@ class Client:
     def _json(self, method: str, path: str, **kwargs) -> Any:
         return self._request(method, path, **kwargs).json()
 
+    def _every_page(self, path: str) -> list[dict[str, Any]]:
+        """Every item of a list, page after page."""
+        items: list[dict[str, Any]] = []
+        while True:
+            params = {"limit": PAGE_SIZE, "offset": len(items)}
+            response = self._request("GET", path, params=params)
+            page = response.json()
+            items += page
+            # An empty page ends it even if the total, counted a moment before, said more.
+            if not page or len(items) >= int(response.headers[TOTAL_HEADER]):
+                return items
+
     @staticmethod
     def _job_path(experiment_id: str, job_id: str | None = None) -> str:
         path = f"/api/v1/experiments/{experiment_id}/jobs"
@@ -105,7 +121,7 @@ class Client:
         return self._json("GET", f"/api/v1/datasets/{dataset_id}")
 
     def datasets(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/api/v1/datasets")
+        return self._every_page("/api/v1/datasets")
 
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/api/v1/datasets/{dataset_id}")
@@ -146,7 +162,7 @@ class Client:
         return self._json("GET", f"/api/v1/experiments/{experiment_id}")
 
     def experiments(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/api/v1/experiments")
+        return self._every_page("/api/v1/experiments")
 
     def update_experiment(self, experiment_id: str, **fields: Any) -> dict[str, Any]:
         return self._json("PATCH", f"/api/v1/experiments/{experiment_id}", json=fields)
@@ -178,7 +194,7 @@ class Client:
         return self._json("GET", self._job_path(experiment_id, job_id))
 
     def jobs(self, experiment_id: str) -> list[dict[str, Any]]:
-        return self._json("GET", self._job_path(experiment_id))
+        return self._every_page(self._job_path(experiment_id))
 
     def wait(
         self,
@@ -241,7 +257,7 @@ class Client:
         self._request("DELETE", self._job_path(experiment_id, job_id))
 
     def list_files(self, experiment_id: str, job_id: str) -> list[dict[str, Any]]:
-        return self._json("GET", self._job_path(experiment_id, job_id) + ":list_files")
+        return self._every_page(self._job_path(experiment_id, job_id) + ":list_files")
 
     def metrics(self, experiment_id: str, job_id: str) -> list[dict[str, Any]]:
         """A train job's per-epoch records (losses, lr, validation) so far."""

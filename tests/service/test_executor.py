@@ -11,11 +11,19 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
-from reidnet.service.executor import Launch, LocalProcessExecutor, group_members
+from reidnet.service.executor import (
+    ENDED_UNSEEN,
+    Ended,
+    Launch,
+    LocalProcessExecutor,
+    group_members,
+)
+from reidnet.service.exit_status import EXIT_STATUS_ENV, EXIT_STATUS_FILE
 from reidnet.service.ray_entry import Control, read_control, run, stop_request, write_control
 
 
@@ -137,6 +145,39 @@ def test_reaping_skips_a_handle_from_another_host(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+TAO_SPEC = Path(__file__).parents[1] / "data" / "tao_reid_train_spec.yaml"
+
+
+def ended_job(folder: Path, command: list[str]) -> dict:
+    """The handle of a job process that ran in `folder`, as the local executor starts one, and
+    ended while no server watched it (what a restarted server finds)."""
+    env = {**os.environ, EXIT_STATUS_ENV: str(folder / EXIT_STATUS_FILE)}
+    process = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.DEVNULL)
+    process.wait(timeout=120)
+    return {"executor": "local", "host": socket.gethostname(), "pid": process.pid}
+
+
+@pytest.mark.parametrize(
+    ("spec", "ended"),
+    [(TAO_SPEC, Ended(0)), (Path("missing.yaml"), Ended(2))],  # 2: the CLI's user error
+)
+def test_a_job_that_ended_while_no_server_watched_is_reaped_with_the_status_it_recorded(
+    tmp_path, spec, ended
+):
+    handle = ended_job(
+        tmp_path, [sys.executable, "-m", "reidnet", "spec", "check", "-e", str(spec)]
+    )
+    assert LocalProcessExecutor().reap_orphan(handle, tmp_path, grace_seconds=0) == ended
+
+
+def test_a_job_killed_while_no_server_watched_is_reaped_as_unfinished(tmp_path):
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"  # writes no exit status
+    handle = ended_job(tmp_path, [sys.executable, "-c", killed, str(tmp_path)])
+    assert LocalProcessExecutor().reap_orphan(handle, tmp_path, grace_seconds=0) == Ended(
+        None, ENDED_UNSEEN
+    )
 
 
 def test_nothing_imports_ray_unless_the_ray_executor_is_chosen(tmp_path):

@@ -4,13 +4,26 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
 import shutil
+import signal
 import threading
 import time
 
 import httpx
+import pytest
 
-from live_server import LiveServer, create_user, make_archive
+from live_server import (
+    TINY_TRAIN,
+    LiveServer,
+    create_user,
+    job_processes,
+    make_archive,
+    upload,
+    wait_for_dataset,
+    wait_for_job,
+)
 from reidnet.service.datasets import DatasetProcessor
 from reidnet.service.db import INVALID, PROCESSING, PULL_COMPLETE, Database, Dataset, User
 from reidnet.service.settings import ServiceSettings
@@ -137,5 +150,45 @@ def test_an_upload_cut_off_by_sigkill_is_removed_at_the_next_start(tmp_path):
         assert list(uploads.iterdir()) == []
         with server.client(key) as client:
             assert client.get("/api/v1/datasets").json() == []
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_job_that_finished_while_the_server_was_down_is_done_and_one_killed_is_error(
+    tmp_path, dataset_archive
+):
+    server = LiveServer(tmp_path / "data", "--max-jobs", "2").start()
+    try:
+        client = server.client(create_user(server.data_dir, "erin"))
+        dataset = wait_for_dataset(client, upload(client, dataset_archive).json()["id"])
+        experiment = client.post(
+            "/api/v1/experiments", json={"name": "down", "train_datasets": [dataset["id"]]}
+        ).json()["id"]
+        jobs = f"/api/v1/experiments/{experiment}/jobs"
+        short, long = copy.deepcopy(TINY_TRAIN), copy.deepcopy(TINY_TRAIN)
+        short["train"]["num_epochs"], long["train"]["num_epochs"] = 2, 500
+        finishing = client.post(jobs, json={"action": "train", "specs": short}).json()["id"]
+        dying = client.post(jobs, json={"action": "train", "specs": long}).json()["id"]
+        for job_id in (finishing, dying):
+            wait_for_job(client, experiment, job_id, until=lambda job: job["status"] == "Running")
+        server.kill()  # seconds before either job has even imported torch
+
+        for pid in job_processes(str(server.data_dir / "jobs" / dying)):
+            os.kill(pid, signal.SIGKILL)  # dies midway, while no server watches
+        deadline = time.monotonic() + 300
+        while job_processes(str(server.data_dir / "jobs" / finishing)):
+            assert time.monotonic() < deadline, "the 2-epoch job never ended"
+            time.sleep(0.2)
+
+        server.start()
+        done = client.get(f"{jobs}/{finishing}").json()
+        assert (done["status"], done["exit_code"], done["error"]) == ("Done", 0, None)
+        assert done["result"]["epochs_completed"] == 2
+        assert done["result"]["checkpoint"] == "train/reid_model_latest.pth"
+        died = client.get(f"{jobs}/{dying}").json()
+        assert died["status"] == "Error" and died["exit_code"] is None
+        assert "ended while the server was down, without recording an exit status" in died["error"]
+        client.close()
     finally:
         server.stop()

@@ -22,6 +22,7 @@ def served(monkeypatch):
     built = {}
     monkeypatch.setattr("reidnet.service.app.create_app", lambda settings: built.update(s=settings))
     monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)
+    monkeypatch.setattr("reidnet.cli._check_port_free", lambda host, port: None)  # 8000 may be busy
     for name in ("MAX_JOBS", "MAX_UPLOAD_BYTES", "CANCEL_GRACE_SECONDS", "EXECUTOR"):
         monkeypatch.delenv(f"REIDNET_{name}", raising=False)
 

@@ -24,6 +24,7 @@ from reidnet.service.datasets import DatasetProcessor
 from reidnet.service.db import Database
 from reidnet.service.deps import ServiceState
 from reidnet.service.errors import ServiceError
+from reidnet.service.head_limit import HeaderLimit
 from reidnet.service.jobs import JobManager
 from reidnet.service.routers import datasets, experiments, jobs
 from reidnet.service.settings import ServiceSettings
@@ -81,6 +82,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     _add_docs(app)
     _add_error_handlers(app)
     _add_body_limit(app)
+    app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)  # outermost: runs first
     _document_validation_errors(app)
     return app
 

@@ -24,9 +24,20 @@ from typing import Any
 
 import psutil
 
+from reidnet.service.exit_status import EXIT_STATUS_ENV, EXIT_STATUS_FILE, recorded_exit_code
 from reidnet.service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
+
+RESTARTED = (
+    "server restarted while the job was running: its process was stopped; resume the job to "
+    "continue from its latest checkpoint"
+)
+ENDED_UNSEEN = (
+    "the job's process ended while the server was down, without recording an exit status (it "
+    "was killed, or its machine restarted), so it did not finish; resume the job to continue "
+    "from its latest checkpoint"
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +88,12 @@ class JobExecutor(ABC):
         """
 
     @abstractmethod
-    def reap_orphan(self, handle: dict[str, Any], job_dir: Path, grace_seconds: float) -> None:
-        """End a job a previous server process started, if it still runs; blocks until it has."""
+    def reap_orphan(self, handle: dict[str, Any], job_dir: Path, grace_seconds: float) -> Ended:
+        """End a job a previous server process started, if it still runs; blocks until it has.
+
+        Returns how it ended: a job that finished while no server watched it, with its exit
+        status; one that was still running or cannot be told, with the error that says so.
+        """
 
     def outlives_server(self, handle: dict[str, Any]) -> bool:
         """Whether the job runs on when this server process ends, for the next one to watch.
@@ -123,6 +138,11 @@ class LocalProcessExecutor(JobExecutor):
             COLUMNS="160",
             REIDNET_JOB_ID=launch.job_id,
         )
+        # The job records its exit status for a server that restarts before it ends (see
+        # reap_orphan); a record left by an earlier run of the job must not count for this one.
+        exit_status = launch.job_dir / EXIT_STATUS_FILE
+        exit_status.unlink(missing_ok=True)
+        env[EXIT_STATUS_ENV] = str(exit_status)
         with open(launch.log_file, "ab") as log:
             process = subprocess.Popen(
                 command,
@@ -171,13 +191,20 @@ class LocalProcessExecutor(JobExecutor):
             logger.warning("job process %d ignored SIGTERM: killing its group", process.pid)
             _kill_group(process.pid)
 
-    def reap_orphan(self, handle: dict[str, Any], job_dir: Path, grace_seconds: float) -> None:
+    def reap_orphan(self, handle: dict[str, Any], job_dir: Path, grace_seconds: float) -> Ended:
         leader = handle.get("pid")
         if not leader or handle.get("host") != socket.gethostname():
-            return
+            return Ended(None, RESTARTED)
+        if not _job_processes(leader, str(job_dir)):  # it ended while no server watched
+            code = recorded_exit_code(job_dir / EXIT_STATUS_FILE, leader)
+            return Ended(code) if code is not None else Ended(None, ENDED_UNSEEN)
+        self._stop_orphan(leader, job_dir, grace_seconds)
+        code = recorded_exit_code(job_dir / EXIT_STATUS_FILE, leader)
+        return Ended(0) if code == 0 else Ended(code, RESTARTED)  # 0: it finished meanwhile
+
+    @staticmethod
+    def _stop_orphan(leader: int, job_dir: Path, grace_seconds: float) -> None:
         members = _job_processes(leader, str(job_dir))
-        if not members:
-            return
         logger.warning("stopping job process group %d left by the previous server", leader)
         if leader in members:
             _signal(leader, signal.SIGTERM)  # the trainer checkpoints before it exits

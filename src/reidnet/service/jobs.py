@@ -39,6 +39,7 @@ from reidnet.service.db import (
 )
 from reidnet.service.errors import ServiceError
 from reidnet.service.executor import (
+    RESTARTED,
     Ended,
     ExecutorUnavailable,
     JobExecutor,
@@ -52,10 +53,6 @@ from reidnet.service.settings import ServiceSettings
 logger = logging.getLogger(__name__)
 
 SPEC_FILE, LOG_FILE = "spec.yaml", "log.txt"
-RESTARTED = (
-    "server restarted while the job was running: its process was stopped; resume the job to "
-    "continue from its latest checkpoint"
-)
 LAUNCH_RETRY_SECONDS = 10.0  # between tries to reach an executor that did not answer
 STOPPED = (
     "server stopped while the job was running; resume the job to continue from its latest "
@@ -118,18 +115,22 @@ class JobManager:
 
     def recover(self) -> None:
         """After a restart: watch again the jobs that outlived the previous server; stop the
-        others it left running and mark them Error."""
+        others it left running (Error), and record how those that ended meanwhile ended (Done
+        if they finished)."""
         with self._lock, self.database.session() as session:
             for job in session.scalars(select(Job).where(Job.status == RUNNING)).all():
                 if job.handle and self.executor.outlives_server(job.handle):
                     logger.info("job %s outlived the previous server: watching it again", job.id)
                     continue
+                ended = Ended(None, RESTARTED)
                 if job.handle:
                     folder = self.settings.job_dir(job.id)
                     grace = self.settings.cancel_grace_seconds
-                    self.executor.reap_orphan(job.handle, folder, grace)
-                self._mark_ended(job, ERROR, None, RESTARTED)
-                logger.warning("job %s was running when the server stopped: marked Error", job.id)
+                    ended = self.executor.reap_orphan(job.handle, folder, grace)
+                self._finish(job, ended)
+                logger.warning(
+                    "job %s was running when the server stopped: now %s", job.id, job.status
+                )
 
     def wake(self) -> None:
         self._wake.set()

@@ -26,6 +26,7 @@ import yaml
 
 from reidnet.errors import ReidnetError
 from reidnet.service.executor import (
+    RESTARTED,
     Ended,
     ExecutorUnavailable,
     JobExecutor,
@@ -181,14 +182,14 @@ class RayJobExecutor(JobExecutor):
         timer.daemon = True
         timer.start()
 
-    def reap_orphan(self, handle: dict[str, Any], job_dir: Path, grace_seconds: float) -> None:
+    def reap_orphan(self, handle: dict[str, Any], job_dir: Path, grace_seconds: float) -> Ended:
         if handle.get("executor") != "ray":
-            self._local.reap_orphan(handle, job_dir, grace_seconds)
-            return
+            return self._local.reap_orphan(handle, job_dir, grace_seconds)
         self.stop(handle, grace_seconds)
         deadline = time.monotonic() + grace_seconds + 2 * STOP_MARGIN_SECONDS
-        while self.poll(handle) is None and time.monotonic() < deadline:
+        while (ended := self.poll(handle)) is None and time.monotonic() < deadline:
             time.sleep(0.5)
+        return ended or Ended(None, RESTARTED)
 
     def outlives_server(self, handle: dict[str, Any]) -> bool:
         return bool(handle) and handle.get("executor") == "ray"

@@ -34,6 +34,8 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(20 * GIB, ge=1)
     max_dataset_bytes: int = Field(50 * GIB, ge=1)
     max_dataset_files: int = Field(1_000_000, ge=1)
+    # A request's line and headers together; over it, 431 (reidnet.service.head_limit).
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
     cancel_grace_seconds: float = Field(60.0, ge=0)
     poll_seconds: float = Field(0.5, gt=0)
     # Niceness of local jobs (0-19): a job training on the server's machine yields the CPU to

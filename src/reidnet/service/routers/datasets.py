@@ -14,6 +14,7 @@ from reidnet.service.auth import Caller
 from reidnet.service.db import PROCESSING, Dataset, Experiment, new_id
 from reidnet.service.deps import CallerDep, OwnedDataset, ServiceState, SessionDep, StateDep
 from reidnet.service.errors import ServiceError
+from reidnet.service.paging import PAGED, PageDep
 from reidnet.service.storage import (
     ARCHIVE_SUFFIXES,
     MultipartUpload,
@@ -86,13 +87,14 @@ def _add_dataset(state: ServiceState, caller: Caller, dataset_id: str, name: str
         )
 
 
-@router.get("", response_model=list[schemas.Dataset])
-def list_datasets(caller: CallerDep, session: SessionDep) -> list[Dataset]:
-    """The caller's datasets, newest first."""
-    return list(
-        session.scalars(
-            select(Dataset).where(Dataset.owner_id == caller.id).order_by(Dataset.created_at.desc())
-        )
+@router.get("", response_model=list[schemas.Dataset], responses=PAGED)
+def list_datasets(caller: CallerDep, session: SessionDep, page: PageDep) -> list[Dataset]:
+    """The caller's datasets, newest first, a page at a time."""
+    return page.rows(
+        session,
+        select(Dataset)
+        .where(Dataset.owner_id == caller.id)
+        .order_by(Dataset.created_at.desc(), Dataset.id.desc()),
     )
 
 

@@ -14,6 +14,7 @@ from reidnet.service.deps import CallerDep, OwnedExperiment, SessionDep, StateDe
 from reidnet.service.errors import ServiceError
 from reidnet.service.jobs import remove_job_files
 from reidnet.service.ownership import owned_dataset, owned_job
+from reidnet.service.paging import PAGED, PageDep
 from reidnet.service.specs import all_server_owned_keys, default_specs
 
 router = APIRouter(prefix="/api/v1/experiments", tags=["experiments"])
@@ -46,14 +47,14 @@ def create_experiment(
     return experiment
 
 
-@router.get("", response_model=list[schemas.Experiment])
-def list_experiments(caller: CallerDep, session: SessionDep) -> list[Experiment]:
-    return list(
-        session.scalars(
-            select(Experiment)
-            .where(Experiment.owner_id == caller.id)
-            .order_by(Experiment.created_at.desc())
-        )
+@router.get("", response_model=list[schemas.Experiment], responses=PAGED)
+def list_experiments(caller: CallerDep, session: SessionDep, page: PageDep) -> list[Experiment]:
+    """The caller's experiments, newest first, a page at a time."""
+    return page.rows(
+        session,
+        select(Experiment)
+        .where(Experiment.owner_id == caller.id)
+        .order_by(Experiment.created_at.desc(), Experiment.id.desc()),
     )
 
 

@@ -35,6 +35,7 @@ from reidnet.service.deps import (
 from reidnet.service.errors import ServiceError
 from reidnet.service.jobs import LOG_FILE
 from reidnet.service.ownership import experiment_job
+from reidnet.service.paging import PAGED, PageDep
 from reidnet.service.reporting import job_progress
 from reidnet.service.settings import ServiceSettings
 
@@ -78,13 +79,14 @@ def submit_job(
     return schemas.JobCreated(id=job.id)
 
 
-@router.get("", response_model=list[schemas.Job])
+@router.get("", response_model=list[schemas.Job], responses=PAGED)
 def list_jobs(
-    experiment: OwnedExperiment, session: SessionDep, state: StateDep
+    experiment: OwnedExperiment, session: SessionDep, state: StateDep, page: PageDep
 ) -> list[schemas.Job]:
-    """The experiment's jobs in submission order."""
-    jobs = session.scalars(
-        select(Job).where(Job.experiment_id == experiment.id).order_by(Job.created_at)
+    """The experiment's jobs in submission order, a page at a time."""
+    jobs = page.rows(
+        session,
+        select(Job).where(Job.experiment_id == experiment.id).order_by(Job.created_at, Job.id),
     )
     return [job_view(session, state, job) for job in jobs]
 
@@ -107,9 +109,10 @@ def resume_job(
     return job_view(session, state, job)
 
 
-@router.get("/{job_id}:list_files", response_model=list[schemas.FileEntry])
-def list_files(job: OwnedJob, state: StateDep) -> list[schemas.FileEntry]:
-    """Every file in the job's folder, paths relative to it."""
+@router.get("/{job_id}:list_files", response_model=list[schemas.FileEntry], responses=PAGED)
+def list_files(job: OwnedJob, state: StateDep, page: PageDep) -> list[schemas.FileEntry]:
+    """The files in the job's folder, paths relative to it, folder by folder and by name, a page
+    at a time."""
     folder = state.settings.job_dir(job.id)
     return [
         schemas.FileEntry(
@@ -117,7 +120,7 @@ def list_files(job: OwnedJob, state: StateDep) -> list[schemas.FileEntry]:
             size=info.st_size,
             modified=datetime.fromtimestamp(info.st_mtime, timezone.utc),
         )
-        for path, info in _job_files(folder)
+        for path, info in page.items(_job_files(folder))
     ]
 
 
