@@ -2,6 +2,7 @@
 and train / evaluate / inference / export / serve run for real on the tiny synthetic set (one
 1-epoch training per module, shared by the action tests)."""
 
+import itertools
 import json
 import re
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -43,6 +45,25 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+def _commands(group, path=()):
+    for name, command in group.commands.items():
+        yield (*path, name)
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+
+
+@pytest.mark.parametrize("command", list(_commands(typer.main.get_group(app))), ids=" ".join)
+def test_every_help_paragraph_is_one_line_where_the_terminal_has_room(command):
+    """typer keeps a docstring's line breaks after its first paragraph and rich re-wraps each
+    of those lines, so `train --help` showed lines cut after 'GPU; under'. With room, every
+    paragraph of the description is one line, the paragraphs apart by blank lines."""
+    result = runner.invoke(app, [*command, "--help"], terminal_width=400, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    description = result.output.split("╭")[0].split("Usage:")[1].splitlines()[1:]
+    lines = [line.strip() for line in description]
+    assert lines and all(not (a and b) for a, b in itertools.pairwise(lines)), description
 
 
 def test_spec_check_prints_resolved_spec_with_overrides():

@@ -6,6 +6,7 @@ Heavy modules are imported inside the commands so `reidnet --help` stays fast.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -55,13 +56,27 @@ class _ReidnetGroup(TyperGroup):
 
 
 def _drop_flag_metavars(command) -> None:
-    """Flags take no value, so their help shows no `<bool>` (typer prints one by default)."""
+    """Flags take no value, so their help shows no `<bool>` (typer prints one by default).
+
+    Also joins the lines of each help paragraph: typer keeps a docstring's line breaks after
+    the first paragraph and rich then re-wraps each line, leaving ragged half-empty lines.
+    """
+    if command.help:
+        command.help = _join_paragraph_lines(command.help)
     help_option = command.get_help_option(typer.Context(command))
     for param in [*command.params, help_option]:
         if param is not None and getattr(param, "is_flag", False) and not param.count:
             param.metavar = ""
     for subcommand in getattr(command, "commands", {}).values():
         _drop_flag_metavars(subcommand)
+
+
+def _join_paragraph_lines(text: str) -> str:
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        paragraph if paragraph.startswith("\b") else " ".join(paragraph.split())
+        for paragraph in paragraphs
+    )
 
 
 app = typer.Typer(
@@ -452,7 +467,7 @@ def dataset_validate(
         typer.Option(
             "--cross-camera/--same-camera",
             help="Count only matches from other cameras (Market-1501), or same-camera ones too "
-            "(single-camera data); spec key evaluate.same_camera_filter.",
+            "(single-camera data); in a spec: same_camera_filter in section evaluate.",
         ),
     ] = True,
     as_json: JsonFlag = False,
