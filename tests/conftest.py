@@ -19,8 +19,9 @@ def cuhk03() -> Path:
     root = Path(os.environ.get("REIDNET_CUHK03") or CUHK03_DEFAULT)
     if not (root / "bounding_box_train").is_dir():
         pytest.skip(
-            f"no CUHK03 data at {root} (no bounding_box_train folder): set REIDNET_CUHK03 to "
-            "a CUHK03 folder in Market-1501 layout to run this test"
+            "set REIDNET_CUHK03 to a CUHK03 folder in Market-1501 layout to run this test "
+            f"(none found at {'REIDNET_CUHK03=' if os.environ.get('REIDNET_CUHK03') else ''}"
+            f"{root}: no bounding_box_train folder)"
         )
     return root
 

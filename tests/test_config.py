@@ -201,6 +201,22 @@ def test_default_specs_hold_every_key_and_reload(tmp_path):
         assert load_spec(path).model.feat_dim == 256
 
 
+def test_specs_reidnet_writes_read_back_without_warnings(tmp_path, caplog):
+    """A resolved spec or a default spec, written by reidnet, warned on reading that W&B logging
+    is ignored: the file said `wandb.enable: true`, TAO's default. reidnet writes what it does."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="reidnet.config")
+    resolved = tmp_path / "resolved_spec.yaml"
+    resolved.write_text(dump_spec(load_spec(data={"results_dir": str(tmp_path)})))
+    for path in [resolved, *write_default_specs(tmp_path / "results")]:
+        assert yaml.safe_load(path.read_text())["wandb"]["enable"] is False
+        load_spec(path)
+    assert caplog.text == ""
+    load_spec(data={"wandb": {"enable": True}})  # a user's own W&B setting is still named
+    assert "wandb" in caplog.text
+
+
 def test_json_schema_holds_defaults():
     schema = spec_json_schema()
     optim = schema["$defs"]["OptimConfig"]["properties"]

@@ -641,8 +641,16 @@ def spec_json_schema() -> dict[str, Any]:
 
 def default_spec_dict(results_dir: str | None = None) -> dict[str, Any]:
     """Every key with its default value, as plain YAML-ready data."""
-    spec = ExperimentSpec(results_dir=results_dir)
-    return spec.model_dump(mode="json")
+    return _written(ExperimentSpec(results_dir=results_dir))
+
+
+def _written(spec: ExperimentSpec) -> dict[str, Any]:
+    """A spec as reidnet writes it to a file. `wandb.enable` says false: reidnet never logs to
+    W&B, and a file reidnet wrote itself must not warn that a W&B setting is ignored when it is
+    read back (TAO's default, true, did)."""
+    data = spec.model_dump(mode="json")
+    data["wandb"]["enable"] = False
+    return data
 
 
 def write_default_specs(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -672,7 +680,7 @@ def dump_spec(spec: ExperimentSpec) -> str:
     a file they would resolve against the file's folder: `resolved_spec.yaml`, the record of a
     run, must rerun from wherever it is given.
     """
-    data = spec.model_dump(mode="json")
+    data = _written(spec)
     _resolve_relative_paths(data, Path.cwd())
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
