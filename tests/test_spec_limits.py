@@ -3,6 +3,7 @@ values, YAML alias bombs and spec files that are not UTF-8 (red-team faults 9, 1
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -114,3 +115,80 @@ def test_a_spec_file_that_is_not_utf8_is_a_clean_cli_error(tmp_path):
     assert "Traceback" not in done.stderr
     message = " ".join(done.stderr.split())  # rich wraps long lines
     assert "latin1.yaml: not UTF-8 text (byte b'\\xe9' at offset 20)" in message
+
+
+FINITE_FIX = "write an ordinary number, e.g. the default"
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "shown_value", "default"),
+    [
+        ("train.optim.base_lr=1e309", "train.optim.base_lr", "inf", "0.00035"),  # overflow
+        ("train.optim.base_lr=.inf", "train.optim.base_lr", "inf", "0.00035"),
+        ("train.optim.base_lr=.nan", "train.optim.base_lr", "nan", "0.00035"),
+        ("train.optim.base_lr=inf", "train.optim.base_lr", "'inf'", "0.00035"),
+        ("model.id_loss_weight=-.inf", "model.id_loss_weight", "-inf", "1.0"),
+        ("train.grad_clip=.nan", "train.grad_clip", "nan", "0.0"),
+        ("model.drop_path=.inf", "model.drop_path", "inf", "0.1"),  # no range check at all
+        ("dataset.pixel_mean=[0.5,.nan,0.5]", "dataset.pixel_mean.1", "nan", "0.456"),
+        ("train.num_epochs=.inf", "train.num_epochs", "inf", "120"),
+    ],
+)
+def test_a_non_finite_override_is_refused_naming_the_key(override, key, shown_value, default):
+    with pytest.raises(ReidnetError) as caught:
+        load_spec(overrides=[override])
+    expected = f"{key}: must be a finite number, not {shown_value} "
+    assert expected in str(caught.value)
+    assert f"{FINITE_FIX} {default}" in str(caught.value)
+
+
+def test_non_finite_numbers_in_a_spec_file_are_refused_naming_each_key(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("train:\n  optim:\n    base_lr: 1e309\n    gamma: .NaN\n")
+    with pytest.raises(ReidnetError) as caught:
+        load_spec(spec)
+    message = str(caught.value)
+    # YAML 1.1 reads 1e309 as a string, which overflows when parsed as a float
+    assert "train.optim.base_lr: must be a finite number, not '1e309'" in message
+    assert "train.optim.gamma: must be a finite number, not nan" in message
+
+
+def test_json_infinity_and_nan_literals_are_refused():
+    # Python's json reads Infinity, NaN and 1e309 as floats: what a JSON spec or body holds.
+    raw = json.loads(
+        '{"dataset": {"pixel_std": [0.2, Infinity, 0.2]}, "re_ranking": '
+        '{"lambda_value": NaN}, "train": {"optim": {"base_lr": 1e309}}}'
+    )
+    with pytest.raises(ReidnetError) as caught:
+        load_spec(data=raw)
+    message = str(caught.value)
+    for key, value in [
+        ("dataset.pixel_std.1", "inf"),
+        ("re_ranking.lambda_value", "nan"),
+        ("train.optim.base_lr", "inf"),
+    ]:
+        assert f"{key}: must be a finite number, not {value}" in message
+
+
+def test_a_non_finite_override_is_a_clean_cli_error(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("train:\n  num_epochs: 2\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reidnet",
+            "spec",
+            "check",
+            "-e",
+            str(spec),
+            "train.optim.base_lr=1e309",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    message = " ".join(done.stderr.split())  # rich wraps long lines
+    assert "train.optim.base_lr: must be a finite number, not inf" in message

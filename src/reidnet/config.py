@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from reidnet.contracts import (
     Backbone,
@@ -65,7 +66,10 @@ DeviceId = Annotated[int, Field(ge=0, le=MAX_DEVICES)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float of every section, list items and dict values included,
+    # must be finite. inf and nan (YAML .inf/.nan, JSON's Infinity/NaN, 1e309 overflowing)
+    # pass range checks such as gt=0 and train a model to NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -845,7 +849,22 @@ def _explain(error: dict[str, Any]) -> str:
         return str(error.get("ctx", {}).get("error", error["msg"]))
     if kind in _RANGE_ERRORS:
         return f"{key}: {_allowed_range(error)} (got {shown(got)})"
+    if kind == "finite_number":
+        return f"{key}: must be a finite number, not {shown(got)} {_finite_hint(loc)}"
     return f"{key}: {error['msg']} (got {shown(got)})"
+
+
+def _finite_hint(loc: list[str]) -> str:
+    """Where inf and nan come from, and the default to write instead."""
+    field = _field_at(loc)
+    default = field.get_default(call_default_factory=True) if field else None
+    if loc and loc[-1].isdigit() and isinstance(default, list) and int(loc[-1]) < len(default):
+        default = default[int(loc[-1])]
+    example = f", e.g. the default {default}" if isinstance(default, (int, float)) else ""
+    return (
+        "(YAML's .inf/.nan, JSON's Infinity/NaN and overflows such as 1e309 are refused): "
+        f"write an ordinary number{example}"
+    )
 
 
 def shown_key(key: str, limit: int = 120) -> str:
@@ -870,8 +889,8 @@ def _allowed_range(error: dict[str, Any]) -> str:
     return f"must be at most {high}"
 
 
-def _field_bounds(loc: list[str]) -> dict[str, Any]:
-    """The ge/le/gt/lt constraints of the field at `loc` (list items: the item's own)."""
+def _field_at(loc: list[str]) -> FieldInfo | None:
+    """The spec field at `loc` (a list item's: the list's field), None if there is none."""
     model: type[BaseModel] = ExperimentSpec
     field = None
     for part in loc:
@@ -879,11 +898,17 @@ def _field_bounds(loc: list[str]) -> dict[str, Any]:
             break
         if field is not None:
             if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-                return {}
+                return None
             model = field.annotation
         field = model.model_fields.get(part)
         if field is None:
-            return {}
+            return None
+    return field
+
+
+def _field_bounds(loc: list[str]) -> dict[str, Any]:
+    """The ge/le/gt/lt constraints of the field at `loc` (list items: the item's own)."""
+    field = _field_at(loc)
     if field is None:
         return {}
     constraints = list(field.metadata)

@@ -308,6 +308,23 @@ def test_size_like_integers_are_bounded_in_job_specs(alice, experiment_id):
     assert "train.num_epochs: must be from 1 to 100000" in detail
 
 
+@pytest.mark.parametrize(
+    ("number", "shown"),
+    [("Infinity", "inf"), ("-Infinity", "-inf"), ("NaN", "nan"), ("1e309", "inf")],
+)
+def test_a_non_finite_number_in_job_specs_is_a_400_naming_the_key(
+    alice, experiment_id, number, shown
+):
+    # Issue 30, item 10: Python's json reads these as floats; base_lr inf was a 201 whose job
+    # trained to NaN.
+    before = alice.get(jobs_url(experiment_id)).json()
+    body = f'{{"action": "train", "specs": {{"train": {{"optim": {{"base_lr": {number}}}}}}}}}'
+    answer = post_raw(alice, jobs_url(experiment_id), body)
+    assert answer.status_code == 400, answer.text
+    assert f"train.optim.base_lr: must be a finite number, not {shown} " in answer.json()["detail"]
+    assert alice.get(jobs_url(experiment_id)).json() == before
+
+
 def test_an_error_does_not_echo_a_huge_value(alice, experiment_id):
     specs = {"model": {"backbone": "x" * 900_000}}
     answer = alice.post(jobs_url(experiment_id), json={"action": "train", "specs": specs})

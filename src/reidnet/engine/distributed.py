@@ -135,6 +135,12 @@ def average_(values: torch.Tensor) -> torch.Tensor:
     return values.div_(dist.get_world_size())
 
 
+def minimum_(values: torch.Tensor) -> torch.Tensor:
+    """In place: the minimum of `values` over the ranks."""
+    dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return values
+
+
 def shard(count: int, context: DistributedContext) -> range:
     """The positions of `count` items this rank handles: rank, rank + world, ..."""
     return range(context.rank, count, context.world_size)

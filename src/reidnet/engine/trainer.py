@@ -9,9 +9,10 @@ from `reidnet.engine.validation`, and logs, metrics.jsonl, TensorBoard and statu
 
 On CUDA the step runs under bf16 autocast, channels_last, a fused optimizer and torch.compile,
 and nothing in the loop waits on the GPU: losses add up on the device and are read once per
-epoch (and every few steps for a progress bar on a terminal). Under torchrun the model is wrapped
-in DDP, each rank takes its own share of the epoch's P x K batches, and rank 0 alone writes
-checkpoints, metrics, logs and status.
+epoch (and every few steps for a progress bar on a terminal); a non-finite loss stops the run
+then, before the epoch is checkpointed (`reidnet.engine.divergence`). Under torchrun the model
+is wrapped in DDP, each rank takes its own share of the epoch's P x K batches, and rank 0 alone
+writes checkpoints, metrics, logs and status.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from reidnet.config import ExperimentSpec
 from reidnet.contracts import Architecture
 from reidnet.engine import distributed, resume
 from reidnet.engine.batches import TrainBatches, epoch_batches, seed_epoch
+from reidnet.engine.divergence import DivergenceWatch
 from reidnet.engine.parts import RunParts, build_parts, training_forward
 from reidnet.engine.reporting import Reporter, final_validation
 from reidnet.engine.step import train_step
@@ -110,6 +112,7 @@ class TrainingRun:
         )
         self.checkpoints = resume.Checkpoints(self.parts, self.results_dir, architecture)
         self.validate = Validator(self.parts)
+        self.divergence = DivergenceWatch(self.parts.spec, self.device, self.dist)
 
     # The parts users of a run reach for (tests, the quick start, benchmarks).
     spec = property(lambda self: self.parts.spec)
@@ -199,11 +202,14 @@ class TrainingRun:
                 for name, value in terms.items():
                     totals[name] = totals.get(name, 0) + value.detach()
                 step += 1
+                self.divergence.see(step, terms["total"])
                 images_seen += labels.numel() * self.dist.world_size
                 advance(step, terms, lr, images_seen / max(time.perf_counter() - start, 1e-9))
                 if self._stop_requested(step, len(batches)):
                     break
         means = self._epoch_means(totals, max(1, step - skip))  # waits for the GPU
+        if means:  # a NaN epoch stops here, before fit (or a stop signal) checkpoints it
+            self.divergence.check(epoch, means["total"], lr)
         elapsed = time.perf_counter() - start
         record = {
             "epoch": epoch + 1,
