@@ -51,7 +51,7 @@ def run_quickstart(
     device: str | None = None,
 ) -> QuickstartSummary:
     from reidnet.actions import evaluate, inference
-    from reidnet.contracts import METRICS_FILE, Architecture
+    from reidnet.contracts import BEST_CHECKPOINT, LATEST_CHECKPOINT, METRICS_FILE, Architecture
     from reidnet.data.market import read_records
     from reidnet.data.synthetic import generate_synthetic_dataset
     from reidnet.engine.embed import resolve_device
@@ -89,6 +89,9 @@ def run_quickstart(
     finally:
         run.close()
     seconds["training"] = time.perf_counter() - clock
+    # A tour never resumes (the next one starts from an untrained model), so the resume state,
+    # three times the weights with Adam's moments, is not kept.
+    (result.results_dir / LATEST_CHECKPOINT).unlink(missing_ok=True)
 
     clock = time.perf_counter()
     spec.evaluate.checkpoint = str(result.last_checkpoint)
@@ -99,6 +102,7 @@ def run_quickstart(
     paths = {
         "dataset": data_dir,
         "checkpoint": result.last_checkpoint,
+        "best checkpoint (validation mAP)": result.results_dir / BEST_CHECKPOINT,
         "metrics (per epoch)": result.results_dir / METRICS_FILE,
         "tensorboard": result.results_dir / "tensorboard",
         "evaluation results": evaluation.results_file,
