@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reidnet.service.reporting import error_from_log
+from reidnet.service.reporting import error_from_log, public_error
 from reidnet.service.specs import (
     JobPaths,
     check_user_specs,
@@ -97,4 +97,21 @@ def test_a_failed_job_reports_the_cli_error_else_the_exit_and_last_lines(tmp_pat
     log.write_text("step 1\nstep 2\n")
     assert error_from_log(log, -9) == (
         "the job process killed by signal SIGKILL; last log lines:\nstep 1\nstep 2"
+    )
+
+
+def test_a_job_error_hides_tracebacks_and_server_paths_but_keeps_routes_and_urls():
+    job = Path("/tmp/data/jobs/j1")  # /tmp exists on every machine the tests run on
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "/usr/lib/python3/trainer.py", line 3, in save\n'
+        "    torch.save(state, stream)\n"
+        "    ^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        "OSError: no room for /tmp/data/jobs/j1/train/model_epoch_002.pth on /tmp/data/jobs/j1.\n"
+        "see GET /api/v1/experiments/{id}/jobs or http://head:8265/jobs for /tmp/data/datasets/d1"
+    )
+    assert public_error(text, job) == (
+        "OSError: no room for train/model_epoch_002.pth on the job folder.\n"
+        "see GET /api/v1/experiments/{id}/jobs or http://head:8265/jobs for <server>/d1\n"
+        "(the traceback is in the job's log)"
     )
