@@ -133,7 +133,7 @@ def test_a_full_disk_names_the_write_its_size_and_the_free_space(
         ckpt.atomic_torch_save(payload, target, "the epoch-2 resume checkpoint")
     assert str(caught.value) == (
         f"{problem} writing the epoch-2 resume checkpoint (reid_model_latest.pth): it needed "
-        f"about 4.0 MB, 1.5 MB free on the file system of {tmp_path}; the previous "
+        f"about 4.0 MB, 1.5 MB free on the file system of {tmp_path}; any earlier "
         "reid_model_latest.pth is intact; free some space there and run again"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["reid_model_latest.pth"]  # no temp file left

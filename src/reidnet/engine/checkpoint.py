@@ -92,7 +92,7 @@ def full_disk_reported(
             free = _size(shutil.disk_usage(path.parent).free)
         except OSError:
             free = "an unknown amount"
-        intact = f"the previous {path.name} is intact; " if atomic else ""
+        intact = f"any earlier {path.name} is intact; " if atomic else ""
         raise ReidnetError(
             f"{_FULL_DISK[full.errno]} writing {what} ({path.name}): {needed}{free} free on the "
             f"file system of {path.parent}; {intact}free some space there and run again"
