@@ -1,6 +1,9 @@
 """Learning-rate schedule values, optimizer groups and crash-safe checkpoint writes."""
 
+import errno
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -91,6 +94,52 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, monke
         ckpt.atomic_torch_save({"epoch": 2}, target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["reid_model_latest.pth"]  # no temp file left
+
+
+def _disk_full(code: int):
+    def save(payload, stream):
+        stream.write(b"part of a checkpoint")
+        raise OSError(code, os.strerror(code))
+
+    return save
+
+
+def _disk_full_as_torch_reports_it(payload, stream):
+    """torch.save's zip writer, handling the OSError of a full disk, raises its own error."""
+    stream.write(b"part of a checkpoint")
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+
+
+@pytest.mark.parametrize(
+    ("save", "problem"),
+    [
+        (_disk_full(errno.ENOSPC), "no space left"),
+        (_disk_full_as_torch_reports_it, "no space left"),
+        (_disk_full(errno.EDQUOT), "disk quota exceeded"),
+    ],
+)
+def test_a_full_disk_names_the_write_its_size_and_the_free_space(
+    tmp_path, monkeypatch, save, problem
+):
+    target = tmp_path / "reid_model_latest.pth"
+    ckpt.atomic_torch_save({"epoch": 1, "model": {"w": torch.ones(3)}}, target)
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(9, 8, 1_500_000))
+    payload = {"epoch": 2, "model": {"w": torch.zeros(1_000_000)}}  # 4,000,000 bytes of float32
+    with pytest.raises(ReidnetError) as caught:
+        ckpt.atomic_torch_save(payload, target, "the epoch-2 resume checkpoint")
+    assert str(caught.value) == (
+        f"{problem} writing the epoch-2 resume checkpoint (reid_model_latest.pth): it needed "
+        f"about 4.0 MB, 1.5 MB free on the file system of {tmp_path}; any earlier "
+        "reid_model_latest.pth is intact; free some space there and run again"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["reid_model_latest.pth"]  # no temp file left
+    monkeypatch.undo()
+    previous = torch.load(target, weights_only=True)
+    assert previous["epoch"] == 1 and torch.equal(previous["model"]["w"], torch.ones(3))
 
 
 def test_load_checkpoint_errors_name_the_key_and_the_problem(tmp_path):

@@ -37,6 +37,9 @@ def test_quickstart_makes_every_artifact_it_lists(tmp_path, monkeypatch):
     assert summary.trained["mAP"] > 2 * chance, (chance, summary.trained)
     assert summary.trained["mAP"] - summary.untrained["mAP"] > chance, summary
     assert summary.paths["checkpoint (final epoch)"].name == "model_epoch_003.pth"
+    # Only the checkpoints it lists: the resume state (three times the weights) is not kept.
+    kept = sorted(p.name for p in (tmp_path / "qs" / "results" / "train").glob("*.pth"))
+    assert kept == ["model_epoch_003.pth", "reid_model_best.pth"]
 
     # A second tour in the same folder starts again from an untrained model: before, it resumed
     # the finished run, scored the trained weights as "untrained" and trained for 0 s.

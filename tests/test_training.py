@@ -129,8 +129,55 @@ def test_checkpoint_carries_what_evaluate_needs(trained):
     assert saved["architecture"]["backbone"] == "resnet_18"
     assert (saved["architecture"]["input_height"], saved["architecture"]["input_width"]) == (32, 16)
     assert saved["architecture"]["pixel_std"] == [0.226, 0.226, 0.226]
-    assert {"model", "optimizer", "scheduler", "rng", "spec", "epoch"} <= set(saved)
+    assert {"model", "spec", "epoch", "history"} <= set(saved)
     assert saved["epoch"] == 8 and saved["model"]["classifier.weight"].shape == (16, 64)
+    assert [record["epoch"] for record in saved["history"]] == list(range(1, 9))
+
+
+RESUME_STATE = {"optimizer", "scheduler", "scaler", "rng", "step_in_epoch"}
+
+
+def test_epoch_checkpoints_hold_the_weights_and_latest_the_resume_state(
+    synthetic, trained, tmp_path
+):
+    out = trained.checkpoint.parent
+    weights = ckpt.load_checkpoint(trained.checkpoint)
+    latest = ckpt.load_checkpoint(out / "reid_model_latest.pth")
+    assert not RESUME_STATE & set(weights)
+    assert set(latest) >= RESUME_STATE
+    for name, tensor in latest["model"].items():
+        assert torch.equal(weights["model"][name], tensor), name
+    # Adam keeps two moments of every trained tensor: latest is about three times the weights.
+    size = trained.checkpoint.stat().st_size
+    assert size < 0.6 * (out / "reid_model_latest.pth").stat().st_size
+    # A fine-tune starts from the weights-only file: every tensor but the classifier's rows.
+    fine_tune = tiny_spec(
+        synthetic,
+        tmp_path / "ft",
+        "model.pretrain_choice=self",
+        f"model.pretrained_model_path={trained.checkpoint}",
+    )
+    run = TrainingRun(fine_tune)
+    try:
+        started = run.model.state_dict()
+    finally:
+        run.close()
+    for name, tensor in weights["model"].items():
+        if not name.startswith("classifier"):
+            assert torch.equal(started[name], tensor), name
+
+
+def test_resuming_from_a_weights_only_checkpoint_names_latest_and_the_fine_tune(
+    synthetic, trained, tmp_path
+):
+    epoch_4 = trained.checkpoint.parent / "model_epoch_004.pth"
+    spec = tiny_spec(synthetic, tmp_path / "r", f"train.resume_training_checkpoint_path={epoch_4}")
+    with pytest.raises(ReidnetError) as caught:
+        TrainingRun(spec)
+    message = str(caught.value)
+    assert message.startswith(f"cannot resume from {epoch_4}: it holds the weights only")
+    assert "reid_model_latest.pth" in message
+    assert f"model.pretrain_choice=self model.pretrained_model_path={epoch_4}" in message
 
 
 def test_a_num_classes_that_disagrees_with_the_data_is_reported(synthetic, tmp_path, caplog):

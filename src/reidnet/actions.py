@@ -21,7 +21,7 @@ import torch
 from reidnet.config import ExperimentSpec
 from reidnet.contracts import EVALUATION_FILE, ONNX_FILE
 from reidnet.data.market import ImageRecord, is_image_file, read_records
-from reidnet.engine.checkpoint import atomic_write_text
+from reidnet.engine.checkpoint import atomic_write_text, full_disk_reported
 from reidnet.engine.embed import Backend, TorchBackend, load_backend, resolve_device
 from reidnet.engine.record import now_iso, refuse_overwrite, run_record
 from reidnet.engine.retrieval import RetrievalScore, embed_for_spec, score_backend
@@ -282,16 +282,24 @@ def write_embeddings(
         raise RuntimeError(f"{len(items)} images but {len(features)} embeddings")
     json_file.parent.mkdir(parents=True, exist_ok=True)
     temporary = json_file.with_name(f".{json_file.name}.tmp")
-    with open(temporary, "w") as stream:  # streamed: large sets never build one huge string
-        stream.write("[\n")
-        for i, ((_, record), vector) in enumerate(zip(items, features, strict=True)):
-            entry = {"img_path": str(record.path), "embedding": [float(v) for v in vector]}
-            stream.write(("," if i else "") + json.dumps(entry) + "\n")
-        stream.write("]\n")
-    os.replace(temporary, json_file)
+    with full_disk_reported("the embeddings", json_file):
+        try:
+            with open(temporary, "w") as stream:  # streamed: never one huge string
+                stream.write("[\n")
+                for i, ((_, record), vector) in enumerate(zip(items, features, strict=True)):
+                    entry = {"img_path": str(record.path), "embedding": [float(v) for v in vector]}
+                    stream.write(("," if i else "") + json.dumps(entry) + "\n")
+                stream.write("]\n")
+            os.replace(temporary, json_file)
+        finally:
+            temporary.unlink(missing_ok=True)
     npy_file, index_file = json_file.with_suffix(".npy"), json_file.with_suffix(".csv")
-    np.save(npy_file, features)
-    with open(index_file, "w", newline="") as stream:
+    with full_disk_reported("the embeddings", npy_file, features.nbytes, atomic=False):
+        np.save(npy_file, features)
+    with (
+        full_disk_reported("the embeddings index", index_file, atomic=False),
+        open(index_file, "w", newline="") as stream,
+    ):
         writer = csv.writer(stream)
         writer.writerow(["row", "img_path", "subset", "pid", "camid"])
         for row, (subset, record) in enumerate(items):

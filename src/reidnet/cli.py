@@ -794,6 +794,7 @@ SERVE_SETTINGS = {
     "max_upload_mb": "max_upload_bytes",
     "max_dataset_mb": "max_dataset_bytes",
     "max_dataset_files": "max_dataset_files",
+    "max_cache_mb": "max_cache_bytes",
     "cancel_grace": "cancel_grace_seconds",
     "job_nice": "job_nice",
     "executor": "executor",
@@ -823,6 +824,13 @@ def serve_command(
     max_dataset_files: Annotated[
         int, typer.Option(help="Most entries in a dataset archive.")
     ] = _default("max_dataset_files"),
+    max_cache_mb: Annotated[
+        int,
+        typer.Option(
+            help="Size of the download cache (tar.gz of ended jobs); past it the least "
+            "recently downloaded archives are removed."
+        ),
+    ] = _default("max_cache_bytes"),
     cancel_grace: Annotated[
         float, typer.Option(help="Seconds a canceled job may take to checkpoint.")
     ] = _default("cancel_grace_seconds"),

@@ -284,8 +284,9 @@ class TrainConfig(_Section):
         5,
         ge=0,
         le=MAX_EPOCHS,
-        description="How many model_epoch_NNN.pth to keep (the newest); 0 keeps every one. "
-        "reid_model_latest.pth and reid_model_best.pth (best validation mAP) are kept besides.",
+        description="How many model_epoch_NNN.pth (the weights) to keep (the newest); 0 keeps "
+        "every one. reid_model_latest.pth (the resume state: weights, optimizer, schedule, RNG) "
+        "and reid_model_best.pth (best validation mAP, the weights) are kept besides.",
     )
     validation_interval: int = Field(10, ge=1, le=MAX_EPOCHS)
     log_every_n_steps: int = Field(

@@ -94,6 +94,9 @@ def run_quickstart(
     finally:
         run.close()
     seconds["training"] = time.perf_counter() - clock
+    # A tour never resumes (the next one starts from an untrained model), so the resume state,
+    # three times the weights with Adam's moments, is not kept.
+    (result.results_dir / LATEST_CHECKPOINT).unlink(missing_ok=True)
 
     clock = time.perf_counter()
     spec.evaluate.checkpoint = str(result.last_checkpoint)
@@ -106,7 +109,6 @@ def run_quickstart(
         "dataset": data_dir,
         "checkpoint (final epoch)": result.last_checkpoint,
         "checkpoint (best validation mAP)": train_dir / BEST_CHECKPOINT,
-        "resume state (optimizer included)": train_dir / LATEST_CHECKPOINT,
         "training curves": train_dir / TRAINING_CURVES_FILE,
         "metrics (per epoch)": train_dir / METRICS_FILE,
         "tensorboard": train_dir / "tensorboard",

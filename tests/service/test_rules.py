@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from reidnet.service.reporting import error_from_log
+from reidnet.service.reporting import error_from_log, public_error
+from reidnet.service.routers.jobs import job_archive
+from reidnet.service.settings import ServiceSettings
 from reidnet.service.specs import (
     JobPaths,
     check_user_specs,
@@ -98,3 +103,50 @@ def test_a_failed_job_reports_the_cli_error_else_the_exit_and_last_lines(tmp_pat
     assert error_from_log(log, -9) == (
         "the job process killed by signal SIGKILL; last log lines:\nstep 1\nstep 2"
     )
+
+
+def test_a_job_error_hides_tracebacks_and_server_paths_but_keeps_routes_and_urls():
+    job = Path("/tmp/data/jobs/j1")  # /tmp exists on every machine the tests run on
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "/usr/lib/python3/trainer.py", line 3, in save\n'
+        "    torch.save(state, stream)\n"
+        "    ^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        "OSError: no room for /tmp/data/jobs/j1/train/model_epoch_002.pth on /tmp/data/jobs/j1.\n"
+        "see GET /api/v1/experiments/{id}/jobs or http://head:8265/jobs for /tmp/data/datasets/d1"
+    )
+    assert public_error(text, job) == (
+        "OSError: no room for train/model_epoch_002.pth on the job folder.\n"
+        "see GET /api/v1/experiments/{id}/jobs or http://head:8265/jobs for <server>/d1\n"
+        "(the traceback is in the job's log)"
+    )
+
+
+def test_the_download_cache_keeps_the_recently_downloaded_archives_within_its_bound(tmp_path):
+    settings = ServiceSettings(data_dir=tmp_path, max_cache_bytes=250_000)
+    settings.make_folders()
+    jobs = {}
+    for name in ("a", "b", "c"):
+        folder = settings.job_dir(name)
+        folder.mkdir()
+        (folder / "weights.bin").write_bytes(os.urandom(100_000))  # gzip cannot shrink it
+        jobs[name] = SimpleNamespace(id=name, finished_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
+
+    def cached() -> list[str]:
+        return sorted(p.name.split("-")[0] for p in settings.cache_dir.iterdir())
+
+    def downloaded(name: str, at: int) -> None:
+        archive = job_archive(settings, jobs[name])
+        os.utime(archive, (at, at))  # downloads a second apart, whatever the clock's resolution
+
+    downloaded("a", 1000)
+    downloaded("b", 2000)
+    assert cached() == ["a", "b"]  # about 200 kB: within the bound
+    downloaded("c", 3000)
+    assert cached() == ["b", "c"]  # a, the least recently downloaded, made room for c
+    downloaded("b", 4000)  # served from the cache, and now the most recent
+    downloaded("a", 5000)  # built again: c goes, not b
+    assert cached() == ["a", "b"]
+    tiny = settings.model_copy(update={"max_cache_bytes": 0})
+    job_archive(tiny, jobs["c"])
+    assert cached() == ["c"]  # the archive being sent stays, even past the bound

@@ -88,6 +88,7 @@ def test_serve_help_shows_each_default_in_the_options_unit():
         "--max-upload-mb": "20480",  # 20 GiB
         "--max-dataset-mb": "51200",  # 50 GiB
         "--max-dataset-files": "1000000",
+        "--max-cache-mb": "5120",  # 5 GiB
         "--cancel-grace": "60.0",
         "--job-nice": "10",
         "--executor": "local",

@@ -99,21 +99,24 @@ def export_checkpoint(
     size = architecture.input_size
     temporary = onnx_file.with_name(f".{onnx_file.name}.{os.getpid()}.tmp")
     metadata = export_metadata(checkpoint)
-    try:
-        write_graph(model, temporary, size, opset_version)
-        _finish_graph(temporary, metadata)
-        images = parity_images(size, architecture.pixel_mean, architecture.pixel_std)
-        parity = check_parity(model, temporary, images)
-        if parity.min_cosine < min_cosine:
-            raise ReidnetError(
-                f"export of {onnx_file} failed the parity check: {parity.describe()}; the "
-                f"minimum cosine must be at least {min_cosine}. No file was written. Try another "
-                "export.opset_version (17-20) and report this with your torch and onnxruntime "
-                "versions"
-            )
-        os.replace(temporary, onnx_file)
-    finally:
-        temporary.unlink(missing_ok=True)
+    # The graph holds the weights: their size is about what a full disk refused.
+    weights = ckpt.tensor_bytes(checkpoint["model"])
+    with ckpt.full_disk_reported("the ONNX graph", onnx_file, weights):
+        try:
+            write_graph(model, temporary, size, opset_version)
+            _finish_graph(temporary, metadata)
+            images = parity_images(size, architecture.pixel_mean, architecture.pixel_std)
+            parity = check_parity(model, temporary, images)
+            if parity.min_cosine < min_cosine:
+                raise ReidnetError(
+                    f"export of {onnx_file} failed the parity check: {parity.describe()}; the "
+                    f"minimum cosine must be at least {min_cosine}. No file was written. Try "
+                    "another export.opset_version (17-20) and report this with your torch and "
+                    "onnxruntime versions"
+                )
+            os.replace(temporary, onnx_file)
+        finally:
+            temporary.unlink(missing_ok=True)
     return OnnxExport(onnx_file, parity, metadata)
 
 

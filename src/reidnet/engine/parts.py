@@ -246,7 +246,7 @@ def eval_records(spec: ExperimentSpec) -> tuple[list[ImageRecord], list[ImageRec
 
 
 def state_summary(parts: RunParts) -> dict[str, Any]:
-    """What a checkpoint stores of the parts' trainable state."""
+    """What reid_model_latest.pth stores of the parts' trainable state, for a resume."""
     state: dict[str, Any] = {
         "model": parts.model.state_dict(),
         "optimizer": parts.optimizer.state_dict(),

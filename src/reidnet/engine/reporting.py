@@ -82,7 +82,9 @@ class Reporter:
             v = record["validation"]
             line += f" | mAP={v['mAP']:.4f} rank-1={v['rank-1']:.4f}"
         logger.info(line)
-        with open(self.results_dir / METRICS_FILE, "a") as stream:
+        metrics = self.results_dir / METRICS_FILE
+        what = f"the epoch-{record['epoch']} metrics"
+        with ckpt.full_disk_reported(what, metrics, atomic=False), open(metrics, "a") as stream:
             stream.write(json.dumps(record) + "\n")
         if self.writer is None:
             return

@@ -53,6 +53,8 @@ def restore(
     parts: RunParts, previous: dict[str, Any], path: Path, architecture: Architecture
 ) -> Position:
     """Load a checkpoint's state into `parts`; the position the run continues from."""
+    if "optimizer" not in previous:
+        raise ReidnetError(weights_only_message(path))
     trained = Architecture.from_checkpoint(previous, path).network_fields()
     stated = architecture.network_fields()
     for key in ARCHITECTURE_FIELDS:
@@ -102,6 +104,16 @@ def restore(
     return position
 
 
+def weights_only_message(path: Path) -> str:
+    """Why a file without the optimizer state cannot be resumed, and the two ways on."""
+    return (
+        f"cannot resume from {path}: it holds the weights only (no optimizer, schedule or "
+        "random state), as model_epoch_NNN.pth, reid_model_best.pth and TAO files do; resume "
+        f"from the run's {LATEST_CHECKPOINT}, or fine-tune from it in a fresh results_dir with "
+        f"model.pretrain_choice=self model.pretrained_model_path={path}"
+    )
+
+
 def grown(saved: dict, current: dict, key: str) -> dict:
     """`saved` with the rows of `key` extended to the current shape (new identities); the new
     rows keep the current (freshly initialised) values."""
@@ -140,33 +152,50 @@ class Checkpoints:
         self.latest = results_dir / LATEST_CHECKPOINT
         self.best = results_dir / BEST_CHECKPOINT
 
-    def save(
-        self, epoch: int, history: list, step_in_epoch: int = 0, path: Path | None = None
-    ) -> Path:
-        """An epoch checkpoint (linked as latest); mid-epoch, latest alone; with `path`, only
-        that file (the best checkpoint between checkpoint epochs)."""
-        if path is None:
-            path = self.latest if step_in_epoch else self.results_dir / epoch_checkpoint_name(epoch)
+    def save(self, epoch: int, history: list, step_in_epoch: int = 0) -> Path:
+        """After a checkpoint epoch, model_epoch_NNN.pth (the weights) and reid_model_latest.pth
+        (everything a resume needs); mid-epoch, latest alone. The path of the file written for
+        the user: the epoch checkpoint, or latest mid-epoch."""
+        if step_in_epoch:
+            self._save_resume_state(epoch, history, step_in_epoch)
+            return self.latest
+        path = self.results_dir / epoch_checkpoint_name(epoch)
+        self.save_weights(epoch, history, path, f"the epoch-{epoch} checkpoint")
+        self._save_resume_state(epoch, history, 0)
+        if self.parts.dist.is_main:
+            logger.info("checkpoint %s", path)
+        return path
+
+    def save_weights(self, epoch: int, history: list, path: Path, what: str) -> None:
+        """What evaluate, inference, export and a fine-tune read: the header, the weights and
+        the epoch records. The optimizer state is left out: Adam's two moments alone are twice
+        the weights."""
+        if self.parts.dist.is_main:
+            payload = {**self._header(epoch), "model": self.parts.model.state_dict()}
+            ckpt.atomic_torch_save({**payload, "history": history}, path, what)
+
+    def _save_resume_state(self, epoch: int, history: list, step_in_epoch: int) -> None:
         if not self.parts.dist.is_main:
-            return path
-        payload = ckpt.checkpoint_header(
-            epoch=epoch,
-            spec_dict=self.parts.spec.model_dump(mode="json"),
-            identity_keys=self.parts.train_set.identity_keys,
-            architecture=self.architecture,
-        )
+            return
+        payload = {**self._header(epoch), **state_summary(self.parts)}
         payload.update(
-            state_summary(self.parts),
             scheduler={"epoch": epoch},
             rng=ckpt.capture_rng_state(),
             history=history,
             step_in_epoch=step_in_epoch,
         )
-        ckpt.atomic_torch_save(payload, path)
-        if path.name == epoch_checkpoint_name(epoch) and not step_in_epoch:
-            ckpt.atomic_link(path, self.latest)
-            logger.info("checkpoint %s", path)
-        return path
+        what = f"the epoch-{epoch} resume checkpoint"
+        if step_in_epoch:
+            what = f"the resume checkpoint at epoch {epoch + 1}, step {step_in_epoch}"
+        ckpt.atomic_torch_save(payload, self.latest, what)
+
+    def _header(self, epoch: int) -> dict[str, Any]:
+        return ckpt.checkpoint_header(
+            epoch=epoch,
+            spec_dict=self.parts.spec.model_dump(mode="json"),
+            identity_keys=self.parts.train_set.identity_keys,
+            architecture=self.architecture,
+        )
 
     def prune(self) -> None:
         """Keep the newest `train.keep_checkpoints` epoch checkpoints (0: all of them)."""
@@ -188,7 +217,7 @@ class Checkpoints:
         if best and metrics["mAP"] <= max(best):
             return
         if checkpoint is None or checkpoint.name != epoch_checkpoint_name(epoch):
-            self.save(epoch, history, path=self.best)
+            self.save_weights(epoch, history, self.best, f"the epoch-{epoch} best checkpoint")
         else:
             ckpt.atomic_link(checkpoint, self.best)
         logger.info("best validation mAP %.4f at epoch %d: %s", metrics["mAP"], epoch, self.best)

@@ -47,7 +47,7 @@ from reidnet.service.executor import (
     executor_for,
 )
 from reidnet.service.planning import plan_job
-from reidnet.service.reporting import error_from_log, job_result
+from reidnet.service.reporting import error_from_log, job_result, public_error
 from reidnet.service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -226,10 +226,12 @@ class JobManager:
         logger.info("job %s ended: %s", job.id, job.status)
 
     def _mark_ended(self, job: Job, status: str, code: int | None, error: str | None) -> None:
-        job.status, job.exit_code, job.error = status, code, error
+        folder = self.settings.job_dir(job.id)
+        job.status, job.exit_code = status, code
+        job.error = public_error(error, folder) if error is not None else None
         job.finished_at = utcnow()
         job.cancel_requested = False
-        job.result = job_result(self.settings.job_dir(job.id), job.action)
+        job.result = job_result(folder, job.action)
 
     # -- requests from the API ---------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,50 @@ def error_from_log(log_file: Path, exit_code: int | None) -> str:
             how = f"killed by signal {-exit_code}"
     tail = "\n".join(text.strip().splitlines()[-15:])
     return f"the job process {how}" + (f"; last log lines:\n{tail}" if tail else "")
+
+
+_FRAME = re.compile(r'\s+File "[^"]*", line \d+')  # the first line of a traceback frame
+_CHAINED = (
+    "Traceback (most recent call last):",
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
+# An absolute POSIX path: a slash that does not continue a word, a URL or another path.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"`:;,()<>\[\]{}|]+")
+OUTSIDE_JOB = "<server>"
+
+
+def public_error(text: str, job_dir: Path) -> str:
+    """`text` as a job's `error` may show it to its owner: without tracebacks (they stay in the
+    job's log) and without server paths: a path inside the job folder becomes relative to it,
+    any other keeps only its last name, under `<server>/`."""
+    kept, in_traceback, dropped = [], False, False
+    for line in text.splitlines():
+        if line.startswith(_CHAINED) or _FRAME.match(line):
+            in_traceback = dropped = True
+        elif not (in_traceback and (line[:1].isspace() or not line.strip())):
+            in_traceback = False
+            kept.append(line)
+    message = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
+    if dropped:
+        message += "\n(the traceback is in the job's log)"
+    return _ABSOLUTE_PATH.sub(lambda match: _shown_path(match.group(0), job_dir), message)
+
+
+def _shown_path(path: str, job_dir: Path) -> str:
+    trailing = path[len(path.rstrip(".")) :]  # a full stop ending the sentence
+    path = path[: len(path) - len(trailing)]
+    folder = str(job_dir)
+    if path == folder:
+        return "the job folder" + trailing
+    if path.startswith(folder + "/"):
+        return path[len(folder) + 1 :] + trailing
+    top = path.split("/")[1]
+    # Only what names this machine's folders (/srv, /usr, /tmp...) is a server path: an API
+    # route (GET /api/v1/...) in a message stays as it is.
+    if not top or not os.path.exists("/" + top):
+        return path + trailing
+    return f"{OUTSIDE_JOB}/{path.rstrip('/').rsplit('/', 1)[-1]}{trailing}"
 
 
 def _metrics(values: Any) -> dict[str, Any] | None:

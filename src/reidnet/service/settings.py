@@ -36,6 +36,9 @@ class ServiceSettings(BaseSettings):
     max_dataset_files: int = Field(1_000_000, ge=1)
     # A request's line and headers together; over it, 431 (reidnet.service.head_limit).
     max_header_bytes: int = Field(64 * 1024, ge=1024)
+    # The download cache (tar.gz of ended jobs): past this size the least recently downloaded
+    # archives are removed; the one being served stays, even when it alone is larger.
+    max_cache_bytes: int = Field(5 * GIB, ge=0)
     cancel_grace_seconds: float = Field(60.0, ge=0)
     poll_seconds: float = Field(0.5, gt=0)
     # Niceness of local jobs (0-19): a job training on the server's machine yields the CPU to

@@ -7,6 +7,7 @@ the job id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tarfile
 import threading
@@ -200,19 +201,43 @@ def _archive_lock(job_id: str) -> threading.Lock:
 
 
 def job_archive(settings: ServiceSettings, job: Job) -> Path:
-    """A tar.gz of an ended job's folder, built once and kept until the job runs again.
+    """A tar.gz of an ended job's folder, built once and kept until the job runs again or the
+    cache grows past `max_cache_bytes` (least recently downloaded archives go first).
 
     Concurrent requests wait for the one build (the load benchmark's 50 clients otherwise
     built the same 120 MB archive two dozen times at once).
     """
     stamp = int(job.finished_at.timestamp() * 1000)
     target = settings.cache_dir / f"{job.id}-{stamp}.tar.gz"
-    if target.is_file():
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(target)  # a download: the modification time orders eviction
         return target
     with _archive_lock(job.id):
         if not target.is_file():
             _build_archive(settings, job, target)
+    _evict_archives(settings, keep=target)
     return target
+
+
+_EVICTION_LOCK = threading.Lock()
+
+
+def _evict_archives(settings: ServiceSettings, keep: Path) -> None:
+    """Remove cached archives, least recently downloaded first, until the cache fits in
+    `max_cache_bytes`; `keep`, about to be sent, stays."""
+    with _EVICTION_LOCK:
+        archives = []
+        for path in settings.cache_dir.glob("*.tar.gz"):
+            with contextlib.suppress(FileNotFoundError):
+                info = path.stat()
+                archives.append((info.st_mtime_ns, path.name, path, info.st_size))
+        total = sum(size for *_, size in archives)
+        for _, _, path, size in sorted(archives):
+            if total <= settings.max_cache_bytes:
+                return
+            if path != keep:
+                path.unlink(missing_ok=True)
+                total -= size
 
 
 def _build_archive(settings: ServiceSettings, job: Job, target: Path) -> None:
