@@ -438,3 +438,15 @@ def test_the_specs_cudnn_flags_are_applied(synthetic, tmp_path):
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[:2]
         torch.set_float32_matmul_precision(before[2])
+
+
+def test_a_finished_run_without_its_resume_state_is_complete_not_an_error(synthetic, tmp_path):
+    """The quick start drops reid_model_latest.pth after training; `reidnet train` on its
+    folder again said the weights-only epoch file cannot be resumed instead of 'complete'."""
+    spec = tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=1")
+    first = train(spec)
+    (first.results_dir / "reid_model_latest.pth").unlink()
+    again = train(tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=1"))
+    assert again.already_complete and again.epochs_completed == 1
+    with pytest.raises(ReidnetError, match="holds the weights only"):  # more epochs: no state
+        TrainingRun(tiny_spec(synthetic, tmp_path / "r", "train.num_epochs=2"))

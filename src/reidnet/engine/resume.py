@@ -53,7 +53,9 @@ def restore(
     parts: RunParts, previous: dict[str, Any], path: Path, architecture: Architecture
 ) -> Position:
     """Load a checkpoint's state into `parts`; the position the run continues from."""
-    if "optimizer" not in previous:
+    train = parts.spec.train  # a finished run in results_dir, not a file named to resume from
+    finished = not train.resume_training_checkpoint_path and previous["epoch"] >= train.num_epochs
+    if "optimizer" not in previous and not finished:
         raise ReidnetError(weights_only_message(path))
     trained = Architecture.from_checkpoint(previous, path).network_fields()
     stated = architecture.network_fields()
@@ -68,6 +70,10 @@ def restore(
     parts.model.load_state_dict(
         grown(previous["model"], parts.model.state_dict(), "classifier.weight")
     )
+    if "optimizer" not in previous:
+        # A finished run whose resume state was not kept (the quick start's): nothing is left
+        # to train, so the weights-only final checkpoint is all the run needs to say so.
+        return Position(previous["epoch"], 0, list(previous.get("history", [])))
     parts.optimizer.load_state_dict(previous["optimizer"])
     pad_optimizer_state(parts.optimizer)
     center_loss = parts.criterion.center_loss
