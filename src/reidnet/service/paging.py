@@ -45,6 +45,16 @@ class Page:
         self._total(session.scalar(counted) or 0)
         return list(session.scalars(statement.limit(self.limit).offset(self.offset)))
 
+    def owned_newest_first(self, session: Session, model: Any, owner_id: int) -> list[Any]:
+        """This page of an owner's rows of `model` (datasets, experiments), newest first, the
+        id breaking ties of the same creation time so pages neither overlap nor miss."""
+        statement = (
+            select(model)
+            .where(model.owner_id == owner_id)
+            .order_by(model.created_at.desc(), model.id.desc())
+        )
+        return self.rows(session, statement)
+
     def items(self, everything: list[Any]) -> list[Any]:
         """This page of a list already in memory."""
         self._total(len(everything))

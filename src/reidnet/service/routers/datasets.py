@@ -90,12 +90,7 @@ def _add_dataset(state: ServiceState, caller: Caller, dataset_id: str, name: str
 @router.get("", response_model=list[schemas.Dataset], responses=PAGED)
 def list_datasets(caller: CallerDep, session: SessionDep, page: PageDep) -> list[Dataset]:
     """The caller's datasets, newest first, a page at a time."""
-    return page.rows(
-        session,
-        select(Dataset)
-        .where(Dataset.owner_id == caller.id)
-        .order_by(Dataset.created_at.desc(), Dataset.id.desc()),
-    )
+    return page.owned_newest_first(session, Dataset, caller.id)
 
 
 @router.get("/{dataset_id}", response_model=schemas.Dataset)

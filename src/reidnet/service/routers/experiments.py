@@ -50,12 +50,7 @@ def create_experiment(
 @router.get("", response_model=list[schemas.Experiment], responses=PAGED)
 def list_experiments(caller: CallerDep, session: SessionDep, page: PageDep) -> list[Experiment]:
     """The caller's experiments, newest first, a page at a time."""
-    return page.rows(
-        session,
-        select(Experiment)
-        .where(Experiment.owner_id == caller.id)
-        .order_by(Experiment.created_at.desc(), Experiment.id.desc()),
-    )
+    return page.owned_newest_first(session, Experiment, caller.id)
 
 
 @router.get("/{experiment_id}", response_model=schemas.Experiment)
