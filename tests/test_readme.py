@@ -12,13 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_quick_start_is_exactly_two_commands():
+def test_quick_start_is_exactly_two_commands_after_the_set_up():
+    """The set-up (a virtual environment, then the CPU wheels) comes before `pip install -e .`,
+    in the block a newcomer copies: after it, pip would keep the CUDA wheels it pulled."""
     section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    first_block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip()
-    assert [c.strip() for c in first_block.split("&&")] == [
-        "pip install -e .",
-        "reidnet quickstart",
+    first, second = re.findall(r"```bash\n(.*?)```", section, re.S)[:2]
+    lines = [line.split("  #")[0].strip() for line in first.strip().splitlines()]
+    assert lines == [
+        "python3 -m venv .venv && . .venv/bin/activate",
+        "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu",
+        "pip install -e . && reidnet quickstart",
     ]
+    assert second.strip() == 'pip install -e ".[dev]" && pytest -q'
 
 
 def test_cpu_only_install_and_imagenet_weights_are_explained():
