@@ -7,8 +7,7 @@ Importing the package stays light: the actions and the Embedder (torch, onnxrunt
 imported on first use, not at `import reidnet`.
 """
 
-__version__ = "0.1.0"
-
+from reidnet._version import __version__
 from reidnet.errors import ReidnetError
 
 _ACTIONS = ("train", "evaluate", "inference", "export")  # reidnet.actions, as the CLI names them

@@ -91,7 +91,7 @@ def device_report() -> dict:
 
 def report() -> dict:
     """Everything `reidnet doctor` prints, as plain data (its --json)."""
-    from reidnet import __version__
+    from reidnet._version import __version__
 
     packages = {name: installed_version(name) for name in CORE}
     problems = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reidnet import __version__
+from reidnet._version import __version__
 from reidnet.contracts import INPUT_NAME, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch import nn
 
-from reidnet import __version__
+from reidnet._version import __version__
 from reidnet.contracts import INPUT_NAME, METADATA_MARKER, OUTPUT_NAME, Architecture
 from reidnet.engine import checkpoint as ckpt
 from reidnet.errors import ReidnetError

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from reidnet import __version__
+from reidnet._version import __version__
 from reidnet.contracts import ARCHITECTURE_FIELDS, Architecture
 from reidnet.errors import ReidnetError
 

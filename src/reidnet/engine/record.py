@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from reidnet import __version__
+from reidnet._version import __version__
 
 SPEC_NAME = "resolved_spec.yaml"
 ENVIRONMENT_NAME = "environment.json"

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from reidnet import __version__
+from reidnet._version import __version__
 from reidnet.config import shown, shown_key
 from reidnet.errors import ReidnetError
 from reidnet.service import schemas
