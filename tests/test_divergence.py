@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 
 import torch
 import yaml
 
+from cli_process import run_reidnet, user_error
 from reidnet.actions import train
 from reidnet.engine import checkpoint as ckpt
 from tiny_training import TINY, tiny_spec
@@ -29,15 +28,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(syn
     # Epoch 1 trains at base_lr 0.001; from epoch 2 on, gamma makes the learning rate 1e24. Step 1
     # of epoch 2 still sees epoch 1's weights; its update overflows every later forward.
     overrides = ["train.optim.lr_steps=[2]", "train.optim.gamma=1e27", f"results_dir={tmp_path}"]
-    done = subprocess.run(
-        [sys.executable, "-m", "reidnet", "train", "-e", str(spec_file), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    message = " ".join(done.stderr.split())  # rich wraps long lines
+    message = user_error(run_reidnet("train", "-e", str(spec_file), *overrides, timeout=900))
     assert (
         "training stopped: the loss became non-finite at epoch 2, step 2 (the epoch's mean loss "
         "is nan, its learning rate 1e+24); lower train.optim.base_lr (now 0.001). Nothing of "

@@ -4,12 +4,11 @@ values, YAML alias bombs and spec files that are not UTF-8 (red-team faults 9, 1
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 
+from cli_process import run_reidnet, user_error
 from reidnet.config import MAX_YAML_NODES, load_spec, parse_override, shown
 from reidnet.errors import ReidnetError
 
@@ -105,15 +104,7 @@ def test_ordinary_anchors_still_work(tmp_path):
 def test_a_spec_file_that_is_not_utf8_is_a_clean_cli_error(tmp_path):
     spec = tmp_path / "latin1.yaml"
     spec.write_bytes("model:\n  backbone: résnet_50\n".encode("latin-1"))
-    done = subprocess.run(
-        [sys.executable, "-m", "reidnet", "spec", "check", "-e", str(spec)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    message = " ".join(done.stderr.split())  # rich wraps long lines
+    message = user_error(run_reidnet("spec", "check", "-e", str(spec)))
     assert "latin1.yaml: not UTF-8 text (byte b'\\xe9' at offset 20)" in message
 
 
@@ -173,22 +164,5 @@ def test_json_infinity_and_nan_literals_are_refused():
 def test_a_non_finite_override_is_a_clean_cli_error(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("train:\n  num_epochs: 2\n")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "reidnet",
-            "spec",
-            "check",
-            "-e",
-            str(spec),
-            "train.optim.base_lr=1e309",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    message = " ".join(done.stderr.split())  # rich wraps long lines
+    message = user_error(run_reidnet("spec", "check", "-e", str(spec), "train.optim.base_lr=1e309"))
     assert "train.optim.base_lr: must be a finite number, not inf" in message

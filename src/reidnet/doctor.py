@@ -12,6 +12,8 @@ import platform
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
+from reidnet.errors import exception_chain
+
 REINSTALL_HINT = (
     "reinstall both from the same index, e.g. `pip install --force-reinstall torch torchvision "
     "--index-url https://download.pytorch.org/whl/cpu` (or the CUDA index your torch came from)"
@@ -48,17 +50,14 @@ def installed_version(distribution: str) -> str | None:
 
 def broken_install(error: BaseException) -> str | None:
     """One message for a torch/torchvision pair that cannot work together, else None."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        text = str(error)
+    for cause in exception_chain(error):
+        text = str(cause)
         if "torchvision::" in text and "does not exist" in text:
             return (
                 f"torchvision {installed_version('torchvision')} does not work with torch "
                 f"{installed_version('torch')} ({text.strip().splitlines()[-1]}): "
                 f"{REINSTALL_HINT}; `reidnet doctor` lists what is installed"
             )
-        error = error.__cause__ or error.__context__
     return None
 
 

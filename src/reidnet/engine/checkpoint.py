@@ -21,7 +21,7 @@ import torch
 
 from reidnet._version import __version__
 from reidnet.contracts import ARCHITECTURE_FIELDS, Architecture
-from reidnet.errors import ReidnetError
+from reidnet.errors import ReidnetError, exception_chain
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +102,10 @@ def full_disk_reported(
 def out_of_space(error: BaseException | None) -> OSError | None:
     """The ENOSPC / EDQUOT error behind `error`, if any: torch.save reports a full disk as a
     RuntimeError of its zip writer raised while handling the OSError."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _FULL_DISK:
-            return error
-        error = error.__cause__ or error.__context__
-    return None
+    return next(
+        (e for e in exception_chain(error) if isinstance(e, OSError) and e.errno in _FULL_DISK),
+        None,
+    )
 
 
 def tensor_bytes(value: Any) -> int:
