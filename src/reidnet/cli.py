@@ -355,18 +355,10 @@ def _print_doctor(found: dict) -> None:
     else:
         details = device["note"]
     console.print(f"device: {device['device'] or 'none'} ({details})", highlight=False)
-    table = Table(title="optional features")
-    for column in ("feature", "package", "installed", "to add it"):
-        table.add_column(column)
-    for feature in found["features"]:
-        installed = feature["version"]
-        table.add_row(
-            Text(feature["feature"]),
-            feature["package"],
-            installed or "missing",
-            Text("" if installed else feature["install"]),
-        )
-    console.print(table)
+    console.print("optional features:")
+    for feature in found["features"]:  # plain lines: what a bug report pastes
+        state = feature["version"] or f"missing ({feature['install']})"
+        console.print(Text(f"  {feature['package']}: {state}, for {feature['feature']}"))
 
 
 def _print_metrics(metrics: dict, title: str) -> None:

@@ -33,7 +33,7 @@ class Feature:
 FEATURES = (
     Feature("video sources of `dataset from-mot`", "av", "av", "video"),
     Feature("`serve --executor ray`", "ray", "ray", "ray"),
-    Feature("PostgreSQL for `serve --database-url`", "psycopg", "psycopg", "postgres"),
+    Feature("`serve --database-url` on PostgreSQL", "psycopg", "psycopg", "postgres"),
     Feature("notebooks", "jupyterlab", "jupyterlab", "notebooks"),
 )
 CORE = ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "pydantic", "fastapi")
