@@ -50,11 +50,12 @@ import torch
 
 from reidnet.actions import train
 from reidnet.config import load_spec
-from reidnet.contracts import Architecture
+from reidnet.contracts import Architecture, checkpoint_header
 from reidnet.data.market import read_records
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.embed import TorchBackend
-from reidnet.engine.retrieval import embed_for_spec, score_retrieval
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.runtime.retrieval import embed_for_spec, score_retrieval
+from reidnet.runtime.torch_backend import TorchBackend
+from reidnet.utils.atomic import atomic_torch_save, atomic_write_text
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk03"
 METRICS = ("mAP", "rank-1", "rank-5", "rank-10", "mINP")
@@ -213,13 +214,13 @@ def zero_shot_rows(args, preset) -> list[dict]:
     ).eval()
     spec.model.feat_dim, spec.model.neck = channels, "no"
     path = args.out / "zero_shot" / "imagenet_trunk.pth"
-    header = ckpt.checkpoint_header(
+    header = checkpoint_header(
         epoch=0,
         spec_dict=spec.model_dump(mode="json"),
         identity_keys=["none"],
         architecture=Architecture.from_spec(spec),
     )
-    ckpt.atomic_torch_save({**header, "model": model.state_dict()}, path)
+    atomic_torch_save({**header, "model": model.state_dict()}, path)
     rows = []
     for label, metrics in evaluate_variants(
         spec, path, args.device, [(False, False), (True, False)]
@@ -287,7 +288,7 @@ def write_results(args, rows: list[dict], started: float) -> None:
         "wall_minutes": (time.perf_counter() - started) / 60,
         "rows": rows,
     }
-    ckpt.atomic_write_text(args.out / "results.json", json.dumps(payload, indent=2))
+    atomic_write_text(args.out / "results.json", json.dumps(payload, indent=2))
 
 
 def run_model(args, preset, rows, started, name, variant, feat_dim, epochs, variants) -> None:

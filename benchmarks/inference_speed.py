@@ -32,11 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reidnet.contracts import INPUT_NAME, OUTPUT_NAME, Architecture
+from reidnet.contracts import INPUT_NAME, OUTPUT_NAME, Architecture, checkpoint_header
 from reidnet.deploy.onnx import export_checkpoint
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.embed import autocast_for
 from reidnet.model import ReIdentificationNet
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.utils.atomic import atomic_torch_save
+from reidnet.utils.devices import autocast_for
 
 HEIGHT, WIDTH, FEAT_DIM = 256, 128, 256
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -63,13 +64,13 @@ def build_checkpoint(folder: Path) -> dict:
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.226, 0.226, 0.226),
     )
-    header = ckpt.checkpoint_header(
+    header = checkpoint_header(
         epoch=0,
         spec_dict={},
         identity_keys=[str(i) for i in range(751)],
         architecture=architecture,
     )
-    path = ckpt.atomic_torch_save({**header, "model": model.state_dict()}, folder / "r50.pth")
+    path = atomic_torch_save({**header, "model": model.state_dict()}, folder / "r50.pth")
     return ckpt.load_checkpoint(path)
 
 

@@ -29,7 +29,7 @@ import test_tao_fidelity as ref
 from reidnet.actions import export
 from reidnet.config import load_spec
 from reidnet.convert import convert
-from reidnet.engine import checkpoint as ckpt
+from reidnet.runtime import checkpoint as ckpt
 
 CASES = [((3, 4, 6, 3), 256, "resnet_50"), ((2, 2, 2, 2), 128, "resnet_18 (Bottleneck)")]
 

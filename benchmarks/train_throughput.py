@@ -42,9 +42,9 @@ from reidnet.data.market import build_train_set
 from reidnet.data.sampler import RandomIdentitySampler
 from reidnet.data.synthetic import generate_synthetic_dataset
 from reidnet.data.transforms import build_train_transform
-from reidnet.engine.trainer import TrainingRun
 from reidnet.losses import ReidLoss
 from reidnet.model import ReIdentificationNet
+from reidnet.training.trainer import TrainingRun
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,7 @@ def cli_checkpoint(cli_spec, tmp_path_factory) -> Path:
 
 
 def test_train_writes_a_checkpoint_of_the_spec_with_the_override(cli_checkpoint):
-    from reidnet.engine import checkpoint as ckpt
+    from reidnet.runtime import checkpoint as ckpt
 
     saved = ckpt.load_checkpoint(cli_checkpoint)
     assert saved["epoch"] == 1  # train.num_epochs=1 from the command line, not the file's 2

@@ -119,10 +119,11 @@ def test_a_field_of_the_wrong_type_is_refused(field, value, expected):
 
 def test_a_checkpoint_with_a_damaged_architecture_fails_when_it_loads(tmp_path):
     torch = pytest.importorskip("torch")
-    from reidnet.engine import checkpoint as ckpt
+    from reidnet.contracts import checkpoint_header
+    from reidnet.runtime import checkpoint as ckpt
 
     spec = load_spec(data={"model": {"backbone": "resnet_18", "feat_dim": 64}})
-    header = ckpt.checkpoint_header(
+    header = checkpoint_header(
         epoch=1, spec_dict={}, identity_keys=["a"], architecture=Architecture.from_spec(spec)
     )
     del header["architecture"]["neck_feat"]

@@ -16,10 +16,10 @@ import torch
 import yaml
 
 from reidnet.contracts import LATEST_CHECKPOINT, Architecture
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine import distributed
-from reidnet.engine.retrieval import score_model
-from reidnet.engine.trainer import TrainingRun, train
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.runtime.retrieval import score_model
+from reidnet.training import distributed
+from reidnet.training.trainer import TrainingRun, train
 from tiny_training import TINY, tiny_spec
 
 GLOBAL_BATCH = 32

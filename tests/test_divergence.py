@@ -12,7 +12,7 @@ import yaml
 
 from cli_process import run_reidnet, user_error
 from reidnet.actions import train
-from reidnet.engine import checkpoint as ckpt
+from reidnet.runtime import checkpoint as ckpt
 from tiny_training import TINY, tiny_spec
 
 
@@ -54,7 +54,7 @@ def diverging(caplog) -> list[str]:
 def test_a_loss_grown_a_thousandfold_is_warned_about_once_and_a_healthy_loss_is_not(
     synthetic, tmp_path, caplog
 ):
-    caplog.set_level(logging.WARNING, logger="reidnet.engine.trainer")
+    caplog.set_level(logging.WARNING, logger="reidnet.training.trainer")
     train(tiny_spec(synthetic, tmp_path / "healthy", "train.validation_interval=100"))
     assert diverging(caplog) == []
     # base_lr 1e6 (as on the quick start) stays finite: the first step's loss is about

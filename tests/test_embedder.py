@@ -13,12 +13,13 @@ from PIL import Image
 import reidnet
 from imagefiles import write_image
 from reidnet.config import load_spec
-from reidnet.contracts import Architecture
+from reidnet.contracts import Architecture, checkpoint_header
 from reidnet.deploy.onnx import export_checkpoint
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.embed import extract_features
 from reidnet.errors import ReidnetError
 from reidnet.model import ReIdentificationNet
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.runtime.embed import extract_features
+from reidnet.utils.atomic import atomic_torch_save
 
 SPEC = {
     "model": {"backbone": "resnet_18", "input_height": 32, "input_width": 16, "feat_dim": 48},
@@ -35,13 +36,13 @@ def model_files(tmp_path_factory) -> tuple[Path, Path]:
     model = ReIdentificationNet("resnet_18", num_classes=3, feat_dim=48)
     with torch.no_grad():
         model(torch.randn(8, 3, 32, 16))  # non-trivial BatchNorm running statistics
-    header = ckpt.checkpoint_header(
+    header = checkpoint_header(
         epoch=1,
         spec_dict=spec.model_dump(mode="json"),
         identity_keys=["a", "b", "c"],
         architecture=Architecture.from_spec(spec),
     )
-    checkpoint = ckpt.atomic_torch_save({**header, "model": model.state_dict()}, root / "m.pth")
+    checkpoint = atomic_torch_save({**header, "model": model.state_dict()}, root / "m.pth")
     onnx_file = export_checkpoint(ckpt.load_checkpoint(checkpoint), root / "m.onnx").onnx_file
     return checkpoint, onnx_file
 

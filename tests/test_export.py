@@ -20,17 +20,18 @@ from reidnet import __version__
 from reidnet.actions import evaluate, export, inference
 from reidnet.cli import app
 from reidnet.config import load_spec
-from reidnet.contracts import Architecture
+from reidnet.contracts import Architecture, checkpoint_header
 from reidnet.data.synthetic import generate_synthetic_dataset
 from reidnet.data.transforms import build_eval_transform, read_image_rgb
 from reidnet.deploy import onnx as onnx_export
 from reidnet.deploy.deepstream import deepstream_normalisation
 from reidnet.deploy.onnx import read_metadata
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.embed import Preprocessing
-from reidnet.engine.onnx_backend import OnnxBackend
 from reidnet.errors import ReidnetError
 from reidnet.model import ReIdentificationNet
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.runtime.base import Preprocessing
+from reidnet.runtime.onnx_backend import OnnxBackend
+from reidnet.utils.atomic import atomic_torch_save
 
 TINY = {
     "model": {
@@ -77,13 +78,13 @@ def write_checkpoint(spec, path: Path, num_classes: int = 5) -> Path:
     with torch.no_grad():  # running statistics from a few batches, as after training
         for _ in range(3):
             model(torch.randn(8, 3, 32, 16) * 2 + 0.5)
-    header = ckpt.checkpoint_header(
+    header = checkpoint_header(
         epoch=1,
         spec_dict=spec.model_dump(mode="json"),
         identity_keys=[f"id{i}" for i in range(num_classes)],
         architecture=Architecture.from_spec(spec),
     )
-    return ckpt.atomic_torch_save({**header, "model": model.state_dict()}, path)
+    return atomic_torch_save({**header, "model": model.state_dict()}, path)
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from reidnet.data.transforms import (
     build_train_transform,
     read_image_rgb,
 )
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine import trainer as trainer_module
-from reidnet.engine.trainer import TrainingInterrupted, TrainingRun, train
 from reidnet.errors import ReidnetError
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.training import trainer as trainer_module
+from reidnet.training.trainer import TrainingInterrupted, TrainingRun, train
 from tiny_training import tiny_spec
 
 MEAN = (0.485, 0.456, 0.406)
@@ -275,7 +275,7 @@ def test_failed_compilation_falls_back_to_eager(synthetic, tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     spec = tiny_spec(synthetic, tmp_path / "r", "train.compile=true", "train.num_epochs=1")
-    with caplog.at_level(logging.WARNING, logger="reidnet.engine.trainer"):
+    with caplog.at_level(logging.WARNING, logger="reidnet.training.trainer"):
         result = train(spec)
     assert "torch.compile failed (InductorError: " in caplog.text
     assert "no working C++ compiler" in caplog.text
@@ -295,7 +295,7 @@ def test_an_error_that_is_not_a_compilation_error_is_not_swallowed(
 
 
 def test_the_compile_warm_up_leaves_weights_statistics_and_gradients_as_they_were():
-    from reidnet.engine.step import compiled_or_eager
+    from reidnet.training.step import compiled_or_eager
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))

@@ -22,15 +22,16 @@ from torch import nn
 import tiny_training
 from reidnet.actions import export, train
 from reidnet.config import deep_merge, load_spec
-from reidnet.contracts import Architecture
+from reidnet.contracts import Architecture, checkpoint_header
 from reidnet.convert import convert
 from reidnet.data.market import read_records
 from reidnet.data.synthetic import generate_synthetic_dataset
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.retrieval import score_model
 from reidnet.errors import ReidnetError
 from reidnet.model import ReIdentificationNet, build_backbone
 from reidnet.model.backbone import load_trunk_weights, mobilenet_v2_current_keys
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.runtime.retrieval import score_model
+from reidnet.utils.atomic import atomic_torch_save
 
 WEIGHTS_ENV = "REIDNET_MOBILENETV2_WEIGHTS"
 
@@ -260,13 +261,13 @@ def _checkpoint(spec, path: Path, last_stride: int, feat_dim: int) -> Path:
     )
     _with_statistics(model)
     spec.model.last_stride, spec.model.feat_dim = last_stride, feat_dim
-    header = ckpt.checkpoint_header(
+    header = checkpoint_header(
         epoch=1,
         spec_dict=spec.model_dump(mode="json"),
         identity_keys=[f"id{i}" for i in range(5)],
         architecture=Architecture.from_spec(spec),
     )
-    return ckpt.atomic_torch_save({**header, "model": model.state_dict()}, path)
+    return atomic_torch_save({**header, "model": model.state_dict()}, path)
 
 
 @pytest.mark.parametrize(("last_stride", "feat_dim"), [(1, 64), (2, 1280)])

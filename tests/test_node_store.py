@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from imagefiles import write_image
 from live_server import free_port
 from reidnet.data.gpu import decode_resized
-from reidnet.engine.distributed import DistributedContext, one_copy_per_node
+from reidnet.training.distributed import DistributedContext, one_copy_per_node
 
 SHAPE_HW = (16, 8)
 

@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from reidnet.engine.onnx_backend import OnnxBackend
 from reidnet.errors import ReidnetError
+from reidnet.runtime.onnx_backend import OnnxBackend
 
 
 def _save(graph: onnx.GraphProto, path, check: bool = True) -> str:

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from reidnet.config import OptimConfig
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.optim import EpochSchedule, build_optimizer
 from reidnet.errors import ReidnetError
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.training.optim import EpochSchedule, build_optimizer
+from reidnet.utils.atomic import atomic_torch_save
 
 
 # TAO and the strong baseline step WarmupMultiStepLR once before epoch 1, so epoch n (1-based)
@@ -82,7 +83,7 @@ def test_bias_parameters_get_their_own_lr_and_decay_and_frozen_ones_are_left_out
 
 def test_a_crash_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     target = tmp_path / "reid_model_latest.pth"
-    ckpt.atomic_torch_save({"epoch": 1}, target)
+    atomic_torch_save({"epoch": 1}, target)
     before = target.read_bytes()
 
     def torn_save(payload, stream):
@@ -91,7 +92,7 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, monke
 
     monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(OSError, match="disk full"):
-        ckpt.atomic_torch_save({"epoch": 2}, target)
+        atomic_torch_save({"epoch": 2}, target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["reid_model_latest.pth"]  # no temp file left
 
@@ -125,12 +126,12 @@ def test_a_full_disk_names_the_write_its_size_and_the_free_space(
     tmp_path, monkeypatch, save, problem
 ):
     target = tmp_path / "reid_model_latest.pth"
-    ckpt.atomic_torch_save({"epoch": 1, "model": {"w": torch.ones(3)}}, target)
+    atomic_torch_save({"epoch": 1, "model": {"w": torch.ones(3)}}, target)
     monkeypatch.setattr(torch, "save", save)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(9, 8, 1_500_000))
     payload = {"epoch": 2, "model": {"w": torch.zeros(1_000_000)}}  # 4,000,000 bytes of float32
     with pytest.raises(ReidnetError) as caught:
-        ckpt.atomic_torch_save(payload, target, "the epoch-2 resume checkpoint")
+        atomic_torch_save(payload, target, "the epoch-2 resume checkpoint")
     assert str(caught.value) == (
         f"{problem} writing the epoch-2 resume checkpoint (reid_model_latest.pth): it needed "
         f"about 4.0 MB, 1.5 MB free on the file system of {tmp_path}; any earlier "

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from reidnet.engine.resume import grown, pad_optimizer_state
 from reidnet.errors import ReidnetError
+from reidnet.training.resume import grown, pad_optimizer_state
 
 
 def test_grown_keeps_the_known_rows_and_takes_the_new_rows_from_the_fresh_model():

@@ -22,8 +22,8 @@ from reidnet.config import load_spec
 from reidnet.contracts import Architecture
 from reidnet.convert import convert
 from reidnet.embedder import Embedder
-from reidnet.engine import checkpoint as ckpt
 from reidnet.errors import ReidnetError
+from reidnet.runtime import checkpoint as ckpt
 
 HEIGHT, WIDTH = 64, 32
 
@@ -259,7 +259,7 @@ def test_fine_tune_from_tao_checkpoint_builds_tao_network(
 ):
     """pretrain_choice self with a TAO file, or with `convert` of TAO's ONNX (no classifier): the
     trainer builds TAO's network from the file, and one training step runs."""
-    from reidnet.engine.trainer import TrainingRun
+    from reidnet.training.trainer import TrainingRun
 
     pretrained = tao_model["pth"]
     if source == "converted-onnx":
@@ -300,7 +300,7 @@ def test_encrypted_tao_checkpoint_is_refused_clearly(tmp_path):
     with pytest.raises(ReidnetError, match=r"encrypted TAO checkpoint.*reidnet convert"):
         ckpt.load_checkpoint(path, "evaluate.checkpoint")
     spec = load_spec(None, ["model.pretrain_choice=self", f"model.pretrained_model_path={path}"])
-    from reidnet.model.backbone import load_state_dict_file
+    from reidnet.model.weights import load_state_dict_file
 
     with pytest.raises(ReidnetError, match="encryption_key"):
         load_state_dict_file(spec.model.pretrained_model_path)
@@ -343,11 +343,11 @@ def test_convert_refuses_existing_target_and_non_reid_graph(tmp_path):
 def test_evaluate_inference_and_embedder_embed_in_fp32_unless_asked(tao_model, tmp_path):
     """bf16 autocast is opt-in (`evaluate.amp`, `inference.amp`, `Embedder(amp=True)`)."""
     from reidnet.actions import action_backend
-    from reidnet.engine import embed
-    from reidnet.engine.retrieval import embed_for_spec
+    from reidnet.runtime import torch_backend
+    from reidnet.runtime.retrieval import embed_for_spec
 
     seen = []
-    real = embed.autocast_for
+    real = torch_backend.autocast_for
 
     def recording(device, enabled=True):
         seen.append(enabled)
@@ -358,7 +358,7 @@ def test_evaluate_inference_and_embedder_embed_in_fp32_unless_asked(tao_model, t
     backend = action_backend(spec, "evaluate", device="cpu")
     image = write_image(tmp_path / "0001_c1s1_000001_00.jpg", size=(HEIGHT, WIDTH))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("reidnet.engine.embed.autocast_for", recording)
+        patch.setattr(torch_backend, "autocast_for", recording)
         embed_for_spec(backend, [image], spec)
         spec.inference.checkpoint = str(tao_model["pth"])
         spec.inference.amp = True

@@ -24,10 +24,10 @@ from reidnet.actions import evaluate, inference, train
 from reidnet.config import ExperimentSpec, load_spec
 from reidnet.contracts import Architecture, TrainingStatus
 from reidnet.data.market import ImageRecord, read_records
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.retrieval import score_model
-from reidnet.engine.trainer import TrainingRun, TrainResult
 from reidnet.errors import ReidnetError
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.runtime.retrieval import score_model
+from reidnet.training.trainer import TrainingRun, TrainResult
 from tiny_training import chance_map, query_and_gallery, tiny_spec
 
 
@@ -106,7 +106,7 @@ def test_training_beats_the_untrained_model_and_writes_its_outputs(trained):
     best_epoch = max(validated, key=validated.get)
     assert ckpt.load_checkpoint(out / "reid_model_best.pth")["epoch"] == best_epoch
     log = (out / "train.log").read_text().splitlines()
-    epoch_lines = [line for line in log if "reidnet.engine.trainer: epoch 8/8 " in line]
+    epoch_lines = [line for line in log if "reidnet.training.trainer: epoch 8/8 " in line]
     assert any("mAP=" in line for line in epoch_lines)  # one record per line, never wrapped
     again = train(spec)  # a finished run is not trained again
     assert again.already_complete and again.epochs_completed == 8
@@ -181,7 +181,7 @@ def test_resuming_from_a_weights_only_checkpoint_names_latest_and_the_fine_tune(
 
 
 def test_a_num_classes_that_disagrees_with_the_data_is_reported(synthetic, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="reidnet.engine.trainer")
+    caplog.set_level(logging.WARNING, logger="reidnet.training.trainer")
     run = TrainingRun(tiny_spec(synthetic, tmp_path / "r", "dataset.num_classes=751"))
     assert run.model.classifier.out_features == 16  # the 16 training identities, not 751
     assert "dataset.num_classes is 751 but the training data has 16 identities" in caplog.text
@@ -416,7 +416,7 @@ def test_center_loss_with_weight_zero_trains_and_leaves_the_centers_alone(synthe
 
 
 def test_the_specs_cudnn_flags_are_applied(synthetic, tmp_path):
-    from reidnet.engine.parts import apply_cuda_settings
+    from reidnet.training.parts import apply_cuda_settings
 
     before = (
         torch.backends.cudnn.benchmark,

@@ -21,15 +21,18 @@ import torch
 from reidnet.config import ExperimentSpec
 from reidnet.contracts import EVALUATION_FILE, ONNX_FILE
 from reidnet.data.market import ImageRecord, is_image_file, read_records
-from reidnet.engine.checkpoint import atomic_write_text, full_disk_reported
-from reidnet.engine.embed import Backend, TorchBackend, load_backend, resolve_device
-from reidnet.engine.record import now_iso, refuse_overwrite, run_record
-from reidnet.engine.retrieval import RetrievalScore, embed_for_spec, score_backend
 from reidnet.errors import ReidnetError
+from reidnet.runtime.base import Backend
+from reidnet.runtime.load import load_backend
+from reidnet.runtime.record import now_iso, refuse_overwrite, run_record
+from reidnet.runtime.retrieval import RetrievalScore, embed_for_spec, score_backend
+from reidnet.runtime.torch_backend import TorchBackend
+from reidnet.utils.atomic import atomic_write_text, full_disk_reported
+from reidnet.utils.devices import resolve_device
 
 if TYPE_CHECKING:
     from reidnet.deploy.onnx import ParityReport
-    from reidnet.engine.trainer import TrainResult
+    from reidnet.training.trainer import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +43,21 @@ CMC_CURVE_FILE, SAMPLED_MATCHES_FILE = "cmc_curve.png", "sampled_matches.png"
 def train(spec: ExperimentSpec, device: str | torch.device | None = None) -> TrainResult:
     """Train (or resume, or fine-tune) the model a spec describes, into `<results_dir>/train`.
 
-    Under torchrun every process calls this; see reidnet.engine.trainer (imported here, so
+    Under torchrun every process calls this; see reidnet.training.trainer (imported here, so
     evaluating or exporting never loads the training stack).
     """
-    from reidnet.engine.trainer import train as run_training
+    from reidnet.training.trainer import train as run_training
 
     return run_training(spec, device)
+
+
+def torchrun_command(spec: ExperimentSpec, argv: list[str]) -> list[str] | None:
+    """The torchrun command line that trains `spec` with one process per GPU (reidnet's
+    arguments `argv` passed on), or None when this process trains itself (see
+    reidnet.training.distributed.torchrun_relaunch)."""
+    from reidnet.training.distributed import torchrun_relaunch
+
+    return torchrun_relaunch(spec.train.num_gpus, spec.train.num_nodes, argv)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,7 +352,7 @@ def export(spec: ExperimentSpec, force: bool = False) -> ExportOutcome:
     """
     from reidnet.deploy.deepstream import deployment_paths, write_deployment_files
     from reidnet.deploy.onnx import export_checkpoint
-    from reidnet.engine import checkpoint as ckpt
+    from reidnet.runtime import checkpoint as ckpt
 
     config = spec.export
     onnx_file = export_target(spec)

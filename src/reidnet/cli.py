@@ -180,19 +180,16 @@ def train_command(spec: SpecOption, overrides: Overrides = None) -> None:
     torchrun (`torchrun --nproc_per_node N [--nnodes M ...] -m reidnet train -e SPEC`) every
     process trains its share with DDP and rank 0 writes the outputs.
     """
-    from reidnet.actions import train
+    from reidnet.actions import torchrun_command, train
     from reidnet.config import load_spec
-    from reidnet.engine import distributed
 
     loaded = load_spec(spec, overrides or [])
-    command = distributed.torchrun_relaunch(
-        loaded.train.num_gpus, loaded.train.num_nodes, sys.argv[1:]
-    )
+    command = torchrun_command(loaded, sys.argv[1:])
     if command is not None:
         error_console.print(f"launching {loaded.train.num_gpus} processes with torchrun")
         os.execv(command[0], command)
     result = train(loaded)
-    if not distributed.torchrun_context().is_main:
+    if not result.is_main:
         return
     if result.already_complete:
         console.print(

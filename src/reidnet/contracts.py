@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from reidnet._version import __version__
 from reidnet.errors import ReidnetError
 
 if TYPE_CHECKING:
@@ -40,6 +41,12 @@ Neck = Literal["bnneck", "no"]
 NeckFeat = Literal["after", "before"]
 MetricLossType = Literal["triplet", "center", "triplet_center"]
 Sampler = Literal["softmax", "triplet", "softmax_triplet"]
+
+
+# The input normalisation of TAO's ReIdentificationNet (RGB, on [0, 1] pixels): the defaults of
+# dataset.pixel_mean / pixel_std, of a graph without metadata, and of TAO checkpoints.
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.226, 0.226, 0.226)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +184,28 @@ def _checked(name: str, value: Any, where: str) -> Any:
     ):
         raise refuse("a list of numbers")
     return tuple(float(v) for v in value)
+
+
+# A checkpoint's header: what every reidnet checkpoint holds beside the weights (and, for
+# reid_model_latest.pth, the resume state). runtime/checkpoint.py reads it back.
+CHECKPOINT_FORMAT = "reidnet-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+def checkpoint_header(
+    *, epoch: int, spec_dict: dict, identity_keys: list[str], architecture: Architecture
+) -> dict[str, Any]:
+    """The metadata part of a checkpoint; the trainer adds weights and optimizer states."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "reidnet_version": __version__,
+        "epoch": epoch,
+        "spec": spec_dict,
+        "identity_keys": list(identity_keys),
+        "num_classes": len(identity_keys),
+        "architecture": architecture.to_dict(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

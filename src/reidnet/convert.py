@@ -63,7 +63,8 @@ def convert(
     source: str | Path, target: str | Path, spec, force: bool = False
 ) -> tuple[Path, Architecture]:
     """Write the reidnet checkpoint of `source` (TAO .pth/.tlt/.ckpt, or .onnx) to `target`."""
-    from reidnet.engine.checkpoint import atomic_torch_save, load_checkpoint
+    from reidnet.runtime.checkpoint import load_checkpoint
+    from reidnet.utils.atomic import atomic_torch_save
 
     source, target = Path(source), Path(target)
     if not source.is_file():
@@ -80,7 +81,7 @@ def convert(
 
 
 def _check_loads(checkpoint: dict[str, Any]) -> None:
-    from reidnet.engine.checkpoint import model_from_checkpoint
+    from reidnet.runtime.checkpoint import model_from_checkpoint
 
     model_from_checkpoint(checkpoint)  # raises when the weights do not fit the architecture
 
@@ -89,7 +90,7 @@ def checkpoint_from_onnx(path: Path, spec) -> dict[str, Any]:
     """The reidnet checkpoint dict of a TAO-layout (or reidnet-exported) ONNX graph."""
     import onnx
 
-    from reidnet.engine.checkpoint import checkpoint_header
+    from reidnet.contracts import checkpoint_header
     from reidnet.model import ReIdentificationNet
 
     try:

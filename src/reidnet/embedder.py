@@ -19,15 +19,17 @@ import torch
 from PIL import Image
 
 from reidnet.data.transforms import read_image_rgb
-from reidnet.engine.embed import Backend, Preprocessing, embed_images, load_backend
 from reidnet.errors import ReidnetError
+from reidnet.runtime.base import Backend, Preprocessing
+from reidnet.runtime.embed import embed_images
+from reidnet.runtime.load import load_backend
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
 class Embedder:
     """Turns image crops into L2-normalised float32 embeddings, `batch_size` images at a time,
-    with any `Backend` (reidnet.engine.embed)."""
+    with any `Backend` (reidnet.runtime.embed)."""
 
     def __init__(self, backend: Backend, *, batch_size: int = 64) -> None:
         if batch_size < 1:

@@ -3,7 +3,7 @@
 On a terminal, records go through rich (colour, aligned columns). Anywhere else (a pipe, a file, the
 service's job log) a record is one plain line that is never wrapped, with an ISO 8601 timestamp:
 
-    2026-12-02T14:51:23.412+00:00 INFO reidnet.engine.trainer: epoch 2/2 loss 3.21 ...
+    2026-12-02T14:51:23.412+00:00 INFO reidnet.training.trainer: epoch 2/2 loss 3.21 ...
 
 so `grep "epoch 2/2" train.log` finds every record it should. Multi-line messages keep one line
 per record: their line breaks are written as " | ".

@@ -57,11 +57,11 @@ def run_quickstart(
     from reidnet.contracts import LATEST_CHECKPOINT, METRICS_FILE, Architecture
     from reidnet.data.market import read_records
     from reidnet.data.synthetic import generate_synthetic_dataset
-    from reidnet.engine.embed import resolve_device
-    from reidnet.engine.record import SPEC_NAME, log_name
-    from reidnet.engine.retrieval import score_model
-    from reidnet.engine.trainer import TrainingRun
     from reidnet.evaluation.plots import TRAINING_CURVES_FILE
+    from reidnet.runtime.record import SPEC_NAME, log_name
+    from reidnet.runtime.retrieval import score_model
+    from reidnet.training.trainer import TrainingRun
+    from reidnet.utils.devices import resolve_device
 
     out_dir = Path(out_dir)
     spec = quickstart_spec(out_dir, overrides)
@@ -129,7 +129,7 @@ def run_quickstart(
 def next_command(out_dir: Path, train_dir: Path) -> str:
     """Score the best checkpoint again with k-reciprocal re-ranking, from the run's own record
     (its resolved spec), into a folder of its own so the tour's results stay as they are."""
-    from reidnet.engine.record import SPEC_NAME
+    from reidnet.runtime.record import SPEC_NAME
 
     words = [
         "reidnet",

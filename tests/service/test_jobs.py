@@ -143,7 +143,7 @@ def test_a_failing_job_ends_in_error_with_the_library_message(alice, experiment_
 def test_cancel_leaves_a_loadable_checkpoint_and_resume_continues(
     server, alice, experiment_id, tmp_path
 ):
-    from reidnet.engine.checkpoint import load_checkpoint
+    from reidnet.runtime.checkpoint import load_checkpoint
 
     client = Client(server.url, alice.headers["Authorization"].removeprefix("Bearer "))
     specs = train_specs(num_epochs=50, checkpoint_interval=1, validation_interval=50)

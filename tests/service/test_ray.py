@@ -154,7 +154,7 @@ def moment(text: str):
 def test_cancel_checkpoints_on_sigterm_and_resume_continues_on_ray(
     on_ray, ray_jobs, synthetic_data, tmp_path
 ):
-    from reidnet.engine.checkpoint import load_checkpoint
+    from reidnet.runtime.checkpoint import load_checkpoint
 
     server, client = on_ray
     experiment = new_experiment(client, synthetic_data, "cancel")

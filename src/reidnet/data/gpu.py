@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from reidnet.data.transforms import PIXEL_MEAN, PIXEL_STD, read_image_rgb
+from reidnet.contracts import PIXEL_MEAN, PIXEL_STD
+from reidnet.data.transforms import read_image_rgb
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from reidnet.contracts import PIXEL_MEAN, PIXEL_STD
 from reidnet.errors import ReidnetError
-
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.226, 0.226, 0.226)
 
 Transform = Callable[[Image.Image], torch.Tensor]
 

@@ -2,6 +2,6 @@
 DeepStream and TensorRT configs beside it (deepstream.py).
 
 The export action (reidnet.actions.export) drives both. Running a graph is embedding, not
-deployment: reidnet.engine.onnx_backend. The submodules import torch and onnx, so nothing here
+deployment: reidnet.runtime.onnx_backend. The submodules import torch and onnx, so nothing here
 is imported by `import reidnet`.
 """

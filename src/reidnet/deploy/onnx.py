@@ -22,8 +22,9 @@ from torch import nn
 
 from reidnet._version import __version__
 from reidnet.contracts import INPUT_NAME, METADATA_MARKER, OUTPUT_NAME, Architecture
-from reidnet.engine import checkpoint as ckpt
 from reidnet.errors import ReidnetError
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.utils.atomic import full_disk_reported, tensor_bytes
 
 BATCH_DIM = "batch"
 MIN_COSINE = 0.9999
@@ -100,8 +101,8 @@ def export_checkpoint(
     temporary = onnx_file.with_name(f".{onnx_file.name}.{os.getpid()}.tmp")
     metadata = export_metadata(checkpoint)
     # The graph holds the weights: their size is about what a full disk refused.
-    weights = ckpt.tensor_bytes(checkpoint["model"])
-    with ckpt.full_disk_reported("the ONNX graph", onnx_file, weights):
+    weights = tensor_bytes(checkpoint["model"])
+    with full_disk_reported("the ONNX graph", onnx_file, weights):
         try:
             write_graph(model, temporary, size, opset_version)
             _finish_graph(temporary, metadata)

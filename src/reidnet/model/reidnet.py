@@ -17,7 +17,8 @@ from torch import nn
 
 from reidnet.contracts import Backbone, LastStride, Neck, NeckFeat, Network, PretrainChoice
 from reidnet.errors import ReidnetError
-from reidnet.model.backbone import build_backbone, load_state_dict_file, strip_wrapper_prefixes
+from reidnet.model.backbone import build_backbone
+from reidnet.model.weights import load_state_dict_file, strip_wrapper_prefixes
 
 logger = logging.getLogger(__name__)
 

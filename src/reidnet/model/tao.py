@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from reidnet.contracts import Architecture
-from reidnet.data.transforms import PIXEL_MEAN, PIXEL_STD
+from reidnet.contracts import PIXEL_MEAN, PIXEL_STD, Architecture, checkpoint_header
 from reidnet.errors import ReidnetError
 from reidnet.model.backbone import TAO_LAYERS
+from reidnet.model.weights import load_state_dict_file, safe_numpy_globals
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +35,6 @@ _KEY_RULES = (
 )
 _WRAPPERS = ("model.", "module.", "_orig_mod.")
 _BLOCK_KEY = re.compile(r"^base\.layer([1-4])\.(\d+)\.conv3\.weight$")
-
-
-def refuse_encrypted(content: object, path: str | Path) -> None:
-    """TAO stores the state dict encrypted (as bytes) when the spec sets `encryption_key`."""
-    if not isinstance(content, Mapping):
-        return
-    if content.get("state_dict_encrypted") or isinstance(
-        content.get("state_dict"), bytes | bytearray
-    ):
-        raise ReidnetError(
-            f"{path} is an encrypted TAO checkpoint (state_dict_encrypted: true): TAO encrypted "
-            "it with the encryption_key of the spec it was trained with, and reidnet does not "
-            "decrypt TAO files. Get a plain one in TAO: train or re-save without "
-            "encryption_key, or run `tao model re_identification export` there and convert the "
-            "ONNX with `reidnet convert model.onnx model.pth`."
-        )
 
 
 def tao_state_dict(content: object) -> dict[str, torch.Tensor] | None:
@@ -131,8 +115,6 @@ def reidnet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def checkpoint_from_tao(content: Mapping, path: str | Path, spec) -> dict[str, Any] | None:
     """A reidnet checkpoint dict built from a TAO checkpoint's content, or None if not TAO's."""
-    from reidnet.engine.checkpoint import checkpoint_header
-
     state = tao_state_dict(content)
     if state is None:
         return None
@@ -167,8 +149,6 @@ def adopt_pretrained_architecture(model_spec, path: str | Path | None):
     """`model` for fine-tuning from `path` (pretrain_choice self): a TAO checkpoint fixes the
     network, depth, feat_dim and neck, so the fine-tuned model starts as the network TAO trained.
     A spec value that disagrees gets one warning naming both values."""
-    from reidnet.model.backbone import load_state_dict_file
-
     if not path:
         return model_spec
     state = tao_state_dict(load_state_dict_file(path))
@@ -202,8 +182,6 @@ def adopt_pretrained_architecture(model_spec, path: str | Path | None):
 def _reidnet_architecture(path: str | Path) -> Architecture | None:
     """The architecture a reidnet checkpoint records (`reidnet convert` writes one), or None for
     a plain state dict, whose architecture the spec must then give."""
-    from reidnet.model.backbone import safe_numpy_globals
-
     with torch.serialization.safe_globals(safe_numpy_globals()):
         content = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(content, dict) or "architecture" not in content:

@@ -13,11 +13,12 @@ from typing import Any
 import torch
 
 from reidnet.data import gpu
-from reidnet.engine import distributed
-from reidnet.engine.batches import decode_threads
-from reidnet.engine.embed import autocast_for, extract_features
-from reidnet.engine.parts import RunParts
-from reidnet.engine.retrieval import score_retrieval
+from reidnet.runtime.embed import extract_features
+from reidnet.runtime.retrieval import score_retrieval
+from reidnet.training import distributed
+from reidnet.training.batches import decode_threads
+from reidnet.training.parts import RunParts
+from reidnet.utils.devices import autocast_for
 
 # On CUDA validation embeds at least this many images per forward: eval keeps no activations
 # for a backward pass, so large batches cost little memory and keep the GPU busy.

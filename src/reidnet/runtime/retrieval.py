@@ -14,7 +14,9 @@ import torch
 from reidnet.config import ExperimentSpec
 from reidnet.contracts import Architecture
 from reidnet.data.market import ImageRecord
-from reidnet.engine.embed import Backend, TorchBackend, embed_images
+from reidnet.runtime.base import Backend
+from reidnet.runtime.embed import embed_images
+from reidnet.runtime.torch_backend import TorchBackend
 
 
 @dataclass

@@ -1,16 +1,16 @@
 """Training and fine-tuning: the strong-baseline recipe, resumable, observable, interruptible.
 
-A `TrainingRun` builds its parts from the spec in one place (`reidnet.engine.parts`), loads a
-checkpoint into them when it resumes (`reidnet.engine.resume`) and repeats `run_epoch`: each
-step is `reidnet.engine.step.train_step`, read top to bottom. Batches come from
-`reidnet.engine.batches` (the gpu pipeline or a DataLoader, the same loop for both), validation
-from `reidnet.engine.validation`, and logs, metrics.jsonl, TensorBoard and status.json from
-`reidnet.engine.reporting`.
+A `TrainingRun` builds its parts from the spec in one place (`reidnet.training.parts`), loads a
+checkpoint into them when it resumes (`reidnet.training.resume`) and repeats `run_epoch`: each
+step is `reidnet.training.step.train_step`, read top to bottom. Batches come from
+`reidnet.training.batches` (the gpu pipeline or a DataLoader, the same loop for both), validation
+from `reidnet.training.validation`, and logs, metrics.jsonl, TensorBoard and status.json from
+`reidnet.training.reporting`.
 
 On CUDA the step runs under bf16 autocast, channels_last, a fused optimizer and torch.compile,
 and nothing in the loop waits on the GPU: losses add up on the device and are read once per
 epoch (and every few steps for a progress bar on a terminal); a non-finite loss stops the run
-then, before the epoch is checkpointed (`reidnet.engine.divergence`). Under torchrun the model
+then, before the epoch is checkpointed (`reidnet.training.divergence`). Under torchrun the model
 is wrapped in DDP, each rank takes its own share of the epoch's P x K batches, and rank 0 alone
 writes checkpoints, metrics, logs and status.
 """
@@ -30,14 +30,14 @@ import torch
 
 from reidnet.config import ExperimentSpec
 from reidnet.contracts import Architecture
-from reidnet.engine import distributed, resume
-from reidnet.engine.batches import TrainBatches, epoch_batches, seed_epoch
-from reidnet.engine.divergence import DivergenceWatch
-from reidnet.engine.parts import RunParts, build_parts, training_forward
-from reidnet.engine.reporting import Reporter, final_validation
-from reidnet.engine.step import train_step
-from reidnet.engine.validation import Validator
 from reidnet.errors import ReidnetError
+from reidnet.training import distributed, resume
+from reidnet.training.batches import TrainBatches, epoch_batches, seed_epoch
+from reidnet.training.divergence import DivergenceWatch
+from reidnet.training.parts import RunParts, build_parts, training_forward
+from reidnet.training.reporting import Reporter, final_validation
+from reidnet.training.step import train_step
+from reidnet.training.validation import Validator
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class TrainResult:
     epochs_completed: int
     history: list[dict[str, Any]] = field(default_factory=list)
     already_complete: bool = False  # a re-run of a finished run: nothing was trained
+    is_main: bool = True  # this process writes the outputs (rank 0, or no torchrun)
 
     @property
     def final_metrics(self) -> dict[str, Any] | None:
@@ -131,7 +132,7 @@ class TrainingRun:
     def fit(self) -> TrainResult:
         """Run the remaining epochs, with the run's record (resolved spec, train.log,
         environment) in the results folder."""
-        from reidnet.engine.record import run_record
+        from reidnet.runtime.record import run_record
 
         with run_record(self.spec, "train", self.device, enabled=self.dist.is_main):
             return self._fit()
@@ -149,7 +150,12 @@ class TrainingRun:
                 latest,
             )
             return TrainResult(
-                self.results_dir, latest, self.position.epoch, history, already_complete=True
+                self.results_dir,
+                latest,
+                self.position.epoch,
+                history,
+                already_complete=True,
+                is_main=self.dist.is_main,
             )
         train, last_checkpoint = self.spec.train, None
         with _stop_on_signals(self), Reporter(self.parts, self.results_dir) as report:
@@ -181,7 +187,7 @@ class TrainingRun:
                 report.status(state, number, record, history, last_checkpoint)
             report.curves()
         latest = last_checkpoint or resume.latest_checkpoint(self.results_dir)
-        return TrainResult(self.results_dir, latest, num_epochs, history)
+        return TrainResult(self.results_dir, latest, num_epochs, history, is_main=self.dist.is_main)
 
     def run_epoch(self, epoch: int, report: Reporter | None = None) -> tuple[dict[str, Any], bool]:
         """One epoch (what `fit` repeats; benchmarks time it): its record, and whether it ran to

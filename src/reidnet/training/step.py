@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from reidnet.engine import distributed
-from reidnet.engine.embed import autocast_for
 from reidnet.errors import ReidnetError
+from reidnet.training import distributed
+from reidnet.utils.devices import autocast_for
 
 if TYPE_CHECKING:
-    from reidnet.engine.parts import RunParts
+    from reidnet.training.parts import RunParts
 
-logger = logging.getLogger("reidnet.engine.trainer")
+logger = logging.getLogger("reidnet.training.trainer")
 
 
 def train_step(

@@ -1,5 +1,5 @@
 """The onnxruntime backend: any [N, 3, H, W] -> [N, D] re-identification graph as an embedding
-function for evaluate, inference and the Embedder (see reidnet.engine.embed).
+function for evaluate, inference and the Embedder (see reidnet.runtime.embed).
 
 The graph's input and output are discovered, not assumed, so third-party ReID models run too.
 Preprocessing comes from reidnet's metadata when the graph carries it, else from the fallback
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from reidnet.contracts import METADATA_MARKER, OUTPUT_NAME
-from reidnet.engine.embed import DEFAULT_PREPROCESSING, Preprocessing
 from reidnet.errors import ReidnetError
+from reidnet.runtime.base import DEFAULT_PREPROCESSING, Preprocessing
 
 logger = logging.getLogger(__name__)
 

@@ -66,8 +66,8 @@ def run_record(
         yield out_dir
         return
     from reidnet.config import dump_spec
-    from reidnet.engine.checkpoint import atomic_write_text
     from reidnet.logs import RunLog
+    from reidnet.utils.atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / SPEC_NAME, dump_spec(spec))

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from reidnet.contracts import METRICS_FILE, STATUS_FILE, TrainingStatus, losses_of
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.parts import RunParts
 from reidnet.errors import ReidnetError
+from reidnet.training.parts import RunParts
+from reidnet.utils.atomic import atomic_write_text, full_disk_reported
 
-logger = logging.getLogger("reidnet.engine.trainer")
+logger = logging.getLogger("reidnet.training.trainer")
 
 # Steps between reads of the loss for a terminal's progress bar (each read waits for the GPU).
 PROGRESS_EVERY = 20
@@ -84,7 +84,7 @@ class Reporter:
         logger.info(line)
         metrics = self.results_dir / METRICS_FILE
         what = f"the epoch-{record['epoch']} metrics"
-        with ckpt.full_disk_reported(what, metrics, atomic=False), open(metrics, "a") as stream:
+        with full_disk_reported(what, metrics, atomic=False), open(metrics, "a") as stream:
             stream.write(json.dumps(record) + "\n")
         if self.writer is None:
             return
@@ -110,7 +110,7 @@ class Reporter:
         status = TrainingStatus.after_epoch(
             state, epoch, self.num_epochs, record, final_validation(history), checkpoint
         )
-        ckpt.atomic_write_text(self.results_dir / STATUS_FILE, status.to_json())
+        atomic_write_text(self.results_dir / STATUS_FILE, status.to_json())
 
     def curves(self) -> None:
         """training_curves.png (losses, lr, validation mAP per epoch) beside metrics.jsonl."""

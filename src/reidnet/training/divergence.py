@@ -13,11 +13,11 @@ import torch
 
 from reidnet.config import ExperimentSpec
 from reidnet.contracts import latest_checkpoint
-from reidnet.engine import distributed
-from reidnet.engine.distributed import DistributedContext
 from reidnet.errors import ReidnetError
+from reidnet.training import distributed
+from reidnet.training.distributed import DistributedContext
 
-logger = logging.getLogger("reidnet.engine.trainer")
+logger = logging.getLogger("reidnet.training.trainer")
 
 # A healthy run's loss falls from its first step's (cross-entropy from about ln(identities), the
 # triplet loss from the spread of the untrained features), so an epoch 1000 times above it has

@@ -3,7 +3,7 @@
 `build_parts` checks the launch and the data, then builds, in this order: the training set
 (identities first keyed by a resumed checkpoint), the model, the losses, the optimizers and the
 schedule, the evaluation records, and last the module the step calls (DDP, compiled or eager).
-Nothing else creates run state; resuming (`reidnet.engine.resume`) only loads into these parts.
+Nothing else creates run state; resuming (`reidnet.training.resume`) only loads into these parts.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import torch
 from reidnet.config import ExperimentSpec
 from reidnet.data.market import ImageRecord, TrainSet, build_train_set, read_records
 from reidnet.data.validate import validate_dataset
-from reidnet.engine.batches import seed_everything
-from reidnet.engine.distributed import DistributedContext
-from reidnet.engine.optim import EpochSchedule, build_optimizer
-from reidnet.engine.step import compiled_or_eager, warm_up
 from reidnet.errors import ReidnetError
 from reidnet.losses import ReidLoss
 from reidnet.model import ReIdentificationNet
 from reidnet.model.tao import adopt_pretrained_architecture
+from reidnet.training.distributed import DistributedContext
+from reidnet.training.optim import EpochSchedule, build_optimizer
+from reidnet.training.step import compiled_or_eager, warm_up
+from reidnet.utils.randomness import seed_everything
 
-logger = logging.getLogger("reidnet.engine.trainer")
+logger = logging.getLogger("reidnet.training.trainer")
 
 
 @dataclass

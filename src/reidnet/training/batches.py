@@ -21,18 +21,13 @@ from reidnet.data.dataset import ImageDataset
 from reidnet.data.market import TrainSet
 from reidnet.data.sampler import RandomIdentitySampler
 from reidnet.data.transforms import build_train_transform
-from reidnet.engine import distributed
-from reidnet.engine.distributed import DistributedContext
-from reidnet.engine.embed import loader_workers
+from reidnet.training import distributed
+from reidnet.training.distributed import DistributedContext
+from reidnet.utils.devices import loader_workers
+from reidnet.utils.randomness import seed_everything
 
 # Decode threads per node: PIL releases the GIL, so threads scale up to the cores.
 MAX_DECODE_THREADS = 16
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

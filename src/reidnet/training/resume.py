@@ -19,15 +19,18 @@ from reidnet.contracts import (
     BEST_CHECKPOINT,
     LATEST_CHECKPOINT,
     Architecture,
+    checkpoint_header,
     epoch_checkpoint_name,
     epoch_checkpoints,
     latest_checkpoint,
 )
-from reidnet.engine import checkpoint as ckpt
-from reidnet.engine.parts import RunParts, state_summary
 from reidnet.errors import ReidnetError
+from reidnet.runtime import checkpoint as ckpt
+from reidnet.training.parts import RunParts, state_summary
+from reidnet.utils.atomic import atomic_link, atomic_torch_save
+from reidnet.utils.randomness import capture_rng_state, restore_rng_state
 
-logger = logging.getLogger("reidnet.engine.trainer")
+logger = logging.getLogger("reidnet.training.trainer")
 
 
 @dataclass
@@ -85,7 +88,7 @@ def restore(
         pad_optimizer_state(parts.center_optimizer)
     if previous.get("scaler"):
         parts.scaler.load_state_dict(previous["scaler"])
-    ckpt.restore_rng_state(previous["rng"])
+    restore_rng_state(previous["rng"])
     position = Position(
         previous["epoch"], previous.get("step_in_epoch", 0), list(previous.get("history", []))
     )
@@ -178,7 +181,7 @@ class Checkpoints:
         the weights."""
         if self.parts.dist.is_main:
             payload = {**self._header(epoch), "model": self.parts.model.state_dict()}
-            ckpt.atomic_torch_save({**payload, "history": history}, path, what)
+            atomic_torch_save({**payload, "history": history}, path, what)
 
     def _save_resume_state(self, epoch: int, history: list, step_in_epoch: int) -> None:
         if not self.parts.dist.is_main:
@@ -186,17 +189,17 @@ class Checkpoints:
         payload = {**self._header(epoch), **state_summary(self.parts)}
         payload.update(
             scheduler={"epoch": epoch},
-            rng=ckpt.capture_rng_state(),
+            rng=capture_rng_state(),
             history=history,
             step_in_epoch=step_in_epoch,
         )
         what = f"the epoch-{epoch} resume checkpoint"
         if step_in_epoch:
             what = f"the resume checkpoint at epoch {epoch + 1}, step {step_in_epoch}"
-        ckpt.atomic_torch_save(payload, self.latest, what)
+        atomic_torch_save(payload, self.latest, what)
 
     def _header(self, epoch: int) -> dict[str, Any]:
-        return ckpt.checkpoint_header(
+        return checkpoint_header(
             epoch=epoch,
             spec_dict=self.parts.spec.model_dump(mode="json"),
             identity_keys=self.parts.train_set.identity_keys,
@@ -225,7 +228,7 @@ class Checkpoints:
         if checkpoint is None or checkpoint.name != epoch_checkpoint_name(epoch):
             self.save_weights(epoch, history, self.best, f"the epoch-{epoch} best checkpoint")
         else:
-            ckpt.atomic_link(checkpoint, self.best)
+            atomic_link(checkpoint, self.best)
         logger.info("best validation mAP %.4f at epoch %d: %s", metrics["mAP"], epoch, self.best)
 
 
