@@ -100,9 +100,10 @@ def _field_at(loc: list[str]) -> FieldInfo | None:
         if part.isdigit():
             break
         if field is not None:
-            if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            section = _section_model(field)
+            if section is None:
                 return None
-            model = field.annotation
+            model = section
         field = model.model_fields.get(part)
         if field is None:
             return None
@@ -132,8 +133,7 @@ def _metadata(info: Any) -> list[Any]:
 
 def _is_union_tag(part: Any) -> bool:
     """Pydantic puts union member names (e.g. 'str', 'list[...]') into error locations."""
-    text = str(part)
-    return isinstance(part, str) and "[" in text
+    return isinstance(part, str) and "[" in part
 
 
 def _unknown_key_message(loc: list[str]) -> str:
@@ -141,29 +141,42 @@ def _unknown_key_message(loc: list[str]) -> str:
     section_path = [p for p in loc[:-1] if not p.isdigit()]
     section = ".".join(section_path) or "top level"
     valid = sorted(_fields_at(section_path))
-    # difflib is quadratic in the name's length: a long name is no one's typo.
-    suggestion = difflib.get_close_matches(name, valid, n=1, cutoff=0.5) if len(name) < 100 else []
-    if not suggestion:
-        lowered = {v.lower(): v for v in valid}
-        if len(name) < 100:
-            suggestion = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
-            suggestion = [lowered[s] for s in suggestion]
-    hint = f"; did you mean {suggestion[0]!r}?" if suggestion else ""
+    suggestion = _closest(name, valid)
+    hint = f"; did you mean {suggestion!r}?" if suggestion else ""
     return (
         f"unknown key {shown(name)} in section {shown_key(section)}{hint} "
         f"(valid keys: {', '.join(valid)})"
     )
 
 
+def _closest(name: str, valid: list[str]) -> str | None:
+    """The valid key that `name` is a likely typo of (case aside), None if none is close."""
+    if len(name) >= 100:  # difflib is quadratic in the name's length: no one's typo is that long
+        return None
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if match:
+        return match[0]
+    lowered = {v.lower(): v for v in valid}
+    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
+    return lowered[match[0]] if match else None
+
+
 def _fields_at(section_path: list[str]) -> list[str]:
+    """The keys of the section at `section_path`, empty if there is no such section."""
     model: type[BaseModel] = ExperimentSpec
     for part in section_path:
-        field = model.model_fields.get(part)
-        annotation = field.annotation if field else None
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        elif part == "train_dataset_dir":
-            model = TrainFolder
-        else:
+        section = _section_model(model.model_fields.get(part))
+        if section is None and part == "train_dataset_dir":
+            section = TrainFolder  # a list of entries, each a TrainFolder section
+        if section is None:
             return []
+        model = section
     return list(model.model_fields)
+
+
+def _section_model(field: FieldInfo | None) -> type[BaseModel] | None:
+    """The model of a section-valued field; None for a field that holds a value."""
+    annotation = field.annotation if field else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None

@@ -12,7 +12,7 @@ import yaml
 from reidnet.errors import ReidnetError
 
 MAX_YAML_NODES = 100_000  # a whole TAO spec is a few hundred nodes
-MAX_YAML_NODES = 100_000  # a whole TAO spec is a few hundred nodes
+_RECURSIVE = "the YAML document refers to itself (a recursive alias)"
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -45,12 +45,12 @@ def _check_expanded_size(root: yaml.Node) -> None:
                 break
             continue
         if id(node) in on_path:
-            raise ReidnetError("the YAML document refers to itself (a recursive alias)")
+            raise ReidnetError(_RECURSIVE)
         on_path.add(id(node))
         stack.append((node, True))
         for child in children:
             if id(child) in on_path:
-                raise ReidnetError("the YAML document refers to itself (a recursive alias)")
+                raise ReidnetError(_RECURSIVE)
             if id(child) not in sizes:
                 stack.append((child, False))
     if max(sizes.values(), default=0) > MAX_YAML_NODES:
