@@ -13,7 +13,7 @@ expected and, for unknown keys, the closest valid key. The package's modules, ea
 Everything a caller needs is importable from here, as it was from the single module before.
 """
 
-from reidnet.config.compat import COMPAT_ONLY_KEYS, compat_only_keys_set
+from reidnet.config.compat import COMPAT_ONLY_KEYS
 from reidnet.config.display import shown, shown_key
 from reidnet.config.loading import deep_merge, load_spec, validate_spec
 from reidnet.config.overrides import parse_override
@@ -44,6 +44,7 @@ from reidnet.config.schema import (
     TrainConfig,
     TrainFolder,
     WandBConfig,
+    compat_only_keys_set,
 )
 from reidnet.config.writing import (
     default_spec_dict,

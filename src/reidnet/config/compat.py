@@ -1,12 +1,6 @@
-"""The spec keys accepted only so TAO files load: what each one would have done elsewhere, and
-which of them a spec sets to something other than the default (warned about when it loads)."""
+"""The spec keys accepted only so TAO files load, each with the reason it does nothing here."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from reidnet.config.schema import ExperimentSpec
 
 _SWIN_ONLY = "is read only by TAO's transformer ReID variant: it has no effect in reidnet"
 _SINGLE_DEVICE = "reidnet evaluates, infers and exports on one device (gpu_id): it has no effect"
@@ -47,21 +41,3 @@ COMPAT_ONLY_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("encryption_key",),
     ),
 }
-
-
-def compat_only_keys_set(spec: ExperimentSpec) -> list[tuple[str, str]]:
-    """(dotted key, why it does nothing) for each compatibility-only key set to a non-default."""
-    found = []
-    for path, (reason, names) in COMPAT_ONLY_KEYS.items():
-        section = spec
-        for part in filter(None, path.split(".")):
-            section = getattr(section, part)
-        fields = type(section).model_fields
-        for name in names:
-            if getattr(section, name) != fields[name].get_default(call_default_factory=True):
-                found.append((f"{path}.{name}" if path else name, reason))
-    if "wandb" in spec.model_fields_set and spec.wandb.enable:
-        found.append(("wandb", "reidnet logs to TensorBoard and metrics.jsonl, not to W&B"))
-    if spec.train.optim.lr_monitor != "val_loss":
-        found.append(("train.optim.lr_monitor", "no schedule in reidnet reads a monitored metric"))
-    return found

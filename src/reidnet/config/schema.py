@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from reidnet.config.compat import compat_only_keys_set
+from reidnet.config.compat import COMPAT_ONLY_KEYS
 from reidnet.config.display import shown
 from reidnet.contracts import (
     Backbone,
@@ -452,3 +452,21 @@ class ExperimentSpec(_Section):
                 "or on the command line, e.g. results_dir=/path/to/results"
             )
         return action_dir(self.results_dir, action)
+
+
+def compat_only_keys_set(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """(dotted key, why it does nothing) for each compatibility-only key set to a non-default."""
+    found = []
+    for path, (reason, names) in COMPAT_ONLY_KEYS.items():
+        section = spec
+        for part in filter(None, path.split(".")):
+            section = getattr(section, part)
+        fields = type(section).model_fields
+        for name in names:
+            if getattr(section, name) != fields[name].get_default(call_default_factory=True):
+                found.append((f"{path}.{name}" if path else name, reason))
+    if "wandb" in spec.model_fields_set and spec.wandb.enable:
+        found.append(("wandb", "reidnet logs to TensorBoard and metrics.jsonl, not to W&B"))
+    if spec.train.optim.lr_monitor != "val_loss":
+        found.append(("train.optim.lr_monitor", "no schedule in reidnet reads a monitored metric"))
+    return found
