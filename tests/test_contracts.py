@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 import reidnet
 from reidnet.config import ACTIONS, load_spec
@@ -50,13 +51,13 @@ def test_the_stored_architecture_reads_as_typed_fields_and_writes_back_unchanged
     architecture = Architecture.from_checkpoint({"architecture": STORED}, "m.pth")
     assert architecture.backbone == "resnet_18" and architecture.feat_dim == 64
     assert architecture.input_size == (32, 16)
-    assert architecture.pixel_mean == (0.5, 0.4, 0.3)  # a tuple: the dataclass is frozen
+    assert architecture.pixel_mean == (0.5, 0.4, 0.3)  # a tuple: the model is frozen
     assert architecture.to_dict() == STORED
     assert Architecture.from_dict(architecture.to_dict()) == architecture
     shape = ("backbone", "network", "feat_dim", "last_stride", "neck", "neck_feat")
     assert shape == ARCHITECTURE_FIELDS
     assert architecture.network_fields() == {key: STORED[key] for key in shape}
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         architecture.feat_dim = 128  # type: ignore[misc]
 
 
@@ -131,6 +132,51 @@ def test_a_checkpoint_with_a_damaged_architecture_fails_when_it_loads(tmp_path):
     torch.save({**header, "model": {}}, path)
     with pytest.raises(ReidnetError, match=r"damaged\.pth: its architecture has missing neck_feat"):
         ckpt.load_checkpoint(path)
+
+
+def test_the_onnx_metadata_is_the_architecture_as_strings_and_reads_back():
+    architecture = Architecture.from_dict(STORED)
+    metadata = architecture.onnx_metadata(num_classes=5)
+    written = {  # what an ONNX consumer reads: text as is, numbers, booleans and lists as JSON
+        "reidnet_version": reidnet.__version__,
+        "backbone": "resnet_18",
+        "network": "torchvision",
+        "feat_dim": "64",
+        "last_stride": "1",
+        "neck": "bnneck",
+        "neck_feat": "after",
+        "with_flip_feature": "true",
+        "input_height": "32",
+        "input_width": "16",
+        "pixel_mean": "[0.5, 0.4, 0.3]",
+        "pixel_std": "[0.25, 0.25, 0.25]",
+        "color_order": "RGB",
+        "l2_normalized": "false",
+        "num_classes": "5",
+    }
+    assert {key: metadata[key] for key in written} == written
+    assert Architecture.from_onnx_metadata(metadata, "m.onnx") == architecture
+    assert Architecture.from_onnx_metadata({"producer": "someone else"}, "m.onnx") is None
+
+
+def test_onnx_metadata_of_older_exports_and_damaged_entries():
+    older = {  # an export from before last_stride, neck and network were recorded
+        "reidnet_version": "0.1.0",
+        "backbone": "resnet_50",
+        "feat_dim": "256",
+        "neck_feat": "after",
+        "with_flip_feature": "false",
+        "input_height": "256",
+        "input_width": "128",
+        "pixel_mean": "[0.485, 0.456, 0.406]",
+        "pixel_std": "[0.226, 0.226, 0.226]",
+    }
+    read = Architecture.from_onnx_metadata(older, "old.onnx")
+    assert (read.input_size, read.feat_dim, read.network) == ((256, 128), 256, "torchvision")
+    with pytest.raises(ReidnetError, match=r"bad\.onnx carries reidnet metadata but its pixel_std"):
+        Architecture.from_onnx_metadata({**older, "pixel_std": "[0.2, "}, "bad.onnx")
+    with pytest.raises(ReidnetError, match=r"bad\.onnx: architecture field feat_dim .*export it"):
+        Architecture.from_onnx_metadata({**older, "feat_dim": "-3"}, "bad.onnx")
 
 
 # --- status.json ------------------------------------------------------------------------------
@@ -273,11 +319,15 @@ def test_the_service_spec_and_the_export_action_agree_on_the_onnx_file(tmp_path)
 
 def test_the_actions_are_the_packages_and_the_services():
     from reidnet import actions
+    from reidnet.config import ExperimentSpec
     from reidnet.service.schemas import Action
 
-    assert reidnet._ACTIONS == ACTIONS == typing.get_args(Action)
+    assert ACTIONS == ("train", "evaluate", "inference", "export")  # TAO's, as the CLI names them
+    assert typing.get_args(Action) == ACTIONS
+    assert set(ACTIONS) <= set(reidnet.__all__)
     for name in ACTIONS:
         assert getattr(reidnet, name) is getattr(actions, name)
+        assert name in ExperimentSpec.model_fields  # each has its section of the spec
     with pytest.raises(AttributeError, match="no attribute 'evaluat'"):
         _ = reidnet.evaluat
 

@@ -8,15 +8,14 @@ imported on first use, not at `import reidnet`.
 """
 
 from reidnet._version import __version__
+from reidnet.contracts import ACTIONS
 from reidnet.errors import ReidnetError
 
-_ACTIONS = ("train", "evaluate", "inference", "export")  # reidnet.actions, as the CLI names them
-
-__all__ = ["Embedder", "ReidnetError", "__version__", *_ACTIONS]
+__all__ = ["Embedder", "ReidnetError", "__version__", *ACTIONS]
 
 
 def __getattr__(name: str):
-    if name in _ACTIONS:
+    if name in ACTIONS:
         from reidnet import actions
 
         return getattr(actions, name)

@@ -12,18 +12,35 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from reidnet._version import __version__
 from reidnet.errors import ReidnetError
 
 if TYPE_CHECKING:
     from reidnet.config import ExperimentSpec
+
+
+# ---------------------------------------------------------------------------------------------
+# The four actions of a spec: its sections, the CLI's commands, reidnet.train & co., the service's
+# job kinds.
+
+Action = Literal["train", "evaluate", "inference", "export"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,40 +70,47 @@ PIXEL_STD = (0.226, 0.226, 0.226)
 # The architecture a checkpoint records
 
 
-@dataclass(frozen=True)
-class Architecture:
+class Architecture(BaseModel):
     """Everything needed to rebuild a trained network and feed it: the checkpoint's
     `architecture` entry (stored as `to_dict()`, plain values, so checkpoints load with
-    `weights_only`)."""
+    `weights_only`) and the metadata of the ONNX graph exported from it (`onnx_metadata`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     backbone: Backbone
     network: Network  # which implementation of the backbone the weights fit
-    feat_dim: int
+    feat_dim: Annotated[StrictInt, Field(gt=0)]
     last_stride: LastStride
     neck: Neck
     neck_feat: NeckFeat
-    with_flip_feature: bool
-    input_height: int
-    input_width: int
-    pixel_mean: tuple[float, ...]
-    pixel_std: tuple[float, ...]
+    with_flip_feature: StrictBool
+    input_height: Annotated[StrictInt, Field(gt=0)]
+    input_width: Annotated[StrictInt, Field(gt=0)]
+    pixel_mean: tuple[StrictFloat | StrictInt, ...]
+    pixel_std: tuple[StrictFloat | StrictInt, ...]
+
+    @field_validator("last_stride", mode="before")
+    @classmethod
+    def _no_bool_stride(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True == 1: a Literal[1, 2] alone would take it
+            raise ValueError("a boolean")
+        return value
+
+    @field_validator("pixel_mean", "pixel_std", mode="after")
+    @classmethod
+    def _floats(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(float(v) for v in value)
 
     @classmethod
     def from_spec(cls, spec: ExperimentSpec) -> Architecture:
         """The architecture a spec trains."""
         model, data = spec.model, spec.dataset
         return cls(
-            backbone=model.backbone,
-            network=model.network,
-            feat_dim=model.feat_dim,
-            last_stride=model.last_stride,
-            neck=model.neck,
-            neck_feat=model.neck_feat,
-            with_flip_feature=model.with_flip_feature,
+            **{name: getattr(model, name) for name in (*ARCHITECTURE_FIELDS, "with_flip_feature")},
             input_height=model.input_height,
             input_width=model.input_width,
-            pixel_mean=tuple(float(v) for v in data.pixel_mean),
-            pixel_std=tuple(float(v) for v in data.pixel_std),
+            pixel_mean=tuple(data.pixel_mean),
+            pixel_std=tuple(data.pixel_std),
         )
 
     @classmethod
@@ -106,7 +130,7 @@ class Architecture:
         cls, values: Mapping[str, Any], source: str | os.PathLike = "the checkpoint"
     ) -> Architecture:
         """Checked: every field present (older files get ARCHITECTURE_DEFAULTS), none unknown,
-        each of its type."""
+        each of its type; an error names `source` and the field."""
         where = os.fspath(source)
         if not isinstance(values, Mapping):
             raise ReidnetError(
@@ -114,7 +138,7 @@ class Architecture:
                 "fields; the file is damaged or was edited"
             )
         values = {**ARCHITECTURE_DEFAULTS, **values}
-        names = [f.name for f in fields(cls)]
+        names = list(cls.model_fields)
         missing = [name for name in names if name not in values]
         unknown = sorted(str(key) for key in values if key not in names)
         if missing or unknown:
@@ -125,13 +149,65 @@ class Architecture:
                 f"{', '.join(names)}). A file from a newer reidnet needs that version; otherwise "
                 "the file is damaged or was edited"
             )
-        return cls(**{name: _checked(name, values[name], where) for name in names})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            name = str(error.errors()[0]["loc"][0])
+            raise ReidnetError(
+                f"{where}: architecture field {name} is {values[name]!r}, expected "
+                f"{_expected(name)}; the file is damaged or was edited"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (lists for the pixel statistics), as checkpoints store them."""
-        values = asdict(self)
-        values["pixel_mean"], values["pixel_std"] = list(self.pixel_mean), list(self.pixel_std)
-        return values
+        return self.model_dump(mode="json")
+
+    def onnx_metadata(self, num_classes: int) -> dict[str, str]:
+        """The metadata_props of the graph exported from this architecture: every field (text
+        as is, the rest as JSON), and what a consumer needs beside them to feed the graph and
+        read its output."""
+        fields = {
+            name: value if name in _TEXT_FIELDS else json.dumps(value)
+            for name, value in self.to_dict().items()
+        }
+        return {
+            METADATA_MARKER: __version__,
+            **fields,
+            "color_order": "RGB",
+            "preprocessing": "resize to input_height x input_width (no aspect-ratio padding), "
+            "pixels / 255, then (x - pixel_mean) / pixel_std per channel",
+            "l2_normalized": "false",
+            "num_classes": str(num_classes),
+        }
+
+    @classmethod
+    def from_onnx_metadata(
+        cls, metadata: Mapping[str, str], source: str | os.PathLike
+    ) -> Architecture | None:
+        """The architecture an exported graph records; None for a graph without reidnet
+        metadata. Graphs exported before last_stride and neck were recorded read as TAO's
+        defaults there (nothing that runs a graph depends on them)."""
+        if METADATA_MARKER not in metadata:
+            return None
+        values: dict[str, Any] = {**_ONNX_DEFAULTS}
+        try:
+            for name in cls.model_fields:
+                if name in metadata:
+                    raw = metadata[name]
+                    values[name] = raw if name in _TEXT_FIELDS else json.loads(raw)
+        except ValueError as error:
+            raise ReidnetError(
+                f"{os.fspath(source)} carries reidnet metadata but its {name} entry "
+                f"{metadata[name]!r} is unreadable ({error}): export it again with "
+                "`reidnet export`"
+            ) from None
+        try:
+            return cls.from_dict(values, source)
+        except ReidnetError as error:
+            raise ReidnetError(
+                f"{error} (in the graph's reidnet metadata: export it again with "
+                "`reidnet export`)"
+            ) from None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -147,43 +223,20 @@ class Architecture:
 ARCHITECTURE_FIELDS = ("backbone", "network", "feat_dim", "last_stride", "neck", "neck_feat")
 # What checkpoints written before a field existed were trained with.
 ARCHITECTURE_DEFAULTS: dict[str, Any] = {"network": "torchvision"}
-
-_INT_FIELDS = {"feat_dim", "input_height", "input_width"}  # positive integers
-_CHOICE_FIELDS = {
-    "backbone": Backbone,
-    "network": Network,
-    "last_stride": LastStride,
-    "neck": Neck,
-    "neck_feat": NeckFeat,
-}
+# Graphs exported before these fields were recorded (see Architecture.from_onnx_metadata).
+_ONNX_DEFAULTS: dict[str, Any] = {"last_stride": 1, "neck": "bnneck"}
+_TEXT_FIELDS = {"backbone", "network", "neck", "neck_feat"}  # metadata strings, not JSON
 
 
-def _checked(name: str, value: Any, where: str) -> Any:
-    def refuse(expected: str):
-        return ReidnetError(
-            f"{where}: architecture field {name} is {value!r}, expected {expected}; the file is "
-            "damaged or was edited"
-        )
-
-    if name in _INT_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise refuse("a positive integer")
-        return value
-    if name in _CHOICE_FIELDS:
-        choices = get_args(_CHOICE_FIELDS[name])
-        if isinstance(value, bool) or value not in choices:
-            raise refuse("one of " + ", ".join(map(str, choices)))
-        return value
+def _expected(name: str) -> str:
+    """What field `name` takes, as the error for a wrong value says it."""
+    if name in ("feat_dim", "input_height", "input_width"):
+        return "a positive integer"
     if name == "with_flip_feature":
-        if not isinstance(value, bool):
-            raise refuse("true or false")
-        return value
-    numbers = isinstance(value, Sequence) and not isinstance(value, str)
-    if not numbers or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-    ):
-        raise refuse("a list of numbers")
-    return tuple(float(v) for v in value)
+        return "true or false"
+    if name in ("pixel_mean", "pixel_std"):
+        return "a list of numbers"
+    return "one of " + ", ".join(map(str, get_args(Architecture.model_fields[name].annotation)))
 
 
 # A checkpoint's header: what every reidnet checkpoint holds beside the weights (and, for

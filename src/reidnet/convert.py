@@ -122,25 +122,6 @@ def checkpoint_from_onnx(path: Path, spec) -> dict[str, Any]:
     order = _trunk_conv_order(backbone, network)
     family = "mobilenet_v2" if backbone == "mobilenet_v2" else "resnet"
     last_stride = convs[order.index(_LAST_STRIDE_CONV[family])].strides[0]
-    model = ReIdentificationNet(
-        backbone,
-        num_classes=0,
-        last_stride=int(last_stride),
-        feat_dim=feat_dim,
-        neck="bnneck",
-        neck_feat="after" if neck is not None else "before",
-        network=network,
-    )
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    for module_name, conv in zip(order, convs, strict=True):
-        _load_conv(state, f"backbone.{module_name}", conv, path)
-    if projection is not None:
-        _load_projection(state, projection, network, path)
-    if neck is not None:
-        for ours, theirs in (("weight", "scale"), ("bias", "B")):
-            state[f"bnneck.{ours}"] = torch.from_numpy(neck[theirs].copy())
-        state["bnneck.running_mean"] = torch.from_numpy(neck["mean"].copy())
-        state["bnneck.running_var"] = torch.from_numpy(neck["var"] + neck["epsilon"] - _BN_EPS)
     architecture = Architecture(
         backbone=backbone,
         network=network,
@@ -151,9 +132,20 @@ def checkpoint_from_onnx(path: Path, spec) -> dict[str, Any]:
         with_flip_feature=False,
         input_height=height,
         input_width=width,
-        pixel_mean=tuple(float(v) for v in mean),
-        pixel_std=tuple(float(v) for v in std),
+        pixel_mean=tuple(mean),
+        pixel_std=tuple(std),
     )
+    model = ReIdentificationNet.from_architecture(architecture, num_classes=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for module_name, conv in zip(order, convs, strict=True):
+        _load_conv(state, f"backbone.{module_name}", conv, path)
+    if projection is not None:
+        _load_projection(state, projection, network, path)
+    if neck is not None:
+        for ours, theirs in (("weight", "scale"), ("bias", "B")):
+            state[f"bnneck.{ours}"] = torch.from_numpy(neck[theirs].copy())
+        state["bnneck.running_mean"] = torch.from_numpy(neck["mean"].copy())
+        state["bnneck.running_var"] = torch.from_numpy(neck["var"] + neck["epsilon"] - _BN_EPS)
     header = checkpoint_header(
         epoch=0, spec_dict=spec.model_dump(mode="json"), identity_keys=[], architecture=architecture
     )

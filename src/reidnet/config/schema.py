@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from reidnet.config.compat import COMPAT_ONLY_KEYS
 from reidnet.config.display import shown
+from reidnet.contracts import ACTIONS as ACTIONS  # the spec's action sections, by name
 from reidnet.contracts import (
+    PIXEL_MEAN,
+    PIXEL_STD,
     Backbone,
     LastStride,
     MetricLossType,
@@ -30,8 +33,6 @@ from reidnet.errors import ReidnetError
 
 # The package's name, not this module's: the spec's warnings have always come from reidnet.config.
 logger = logging.getLogger("reidnet.config")
-
-ACTIONS = ("train", "evaluate", "inference", "export")
 
 
 # Bounds of the size-like integers. They keep a typo or a hostile value (input_height 10**6,
@@ -155,8 +156,8 @@ class DatasetConfig(_Section):
     num_workers: int = Field(
         8, ge=0, le=MAX_WORKERS, description="Data loader workers (capped at CPU count)."
     )
-    pixel_mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
-    pixel_std: list[float] = Field(default_factory=lambda: [0.226, 0.226, 0.226])
+    pixel_mean: list[float] = Field(default_factory=lambda: list(PIXEL_MEAN))
+    pixel_std: list[float] = Field(default_factory=lambda: list(PIXEL_STD))
     padding: int = Field(10, ge=0, le=MAX_INPUT_SIZE)
     prob: float = Field(0.5, ge=0.0, le=1.0, description="Horizontal flip probability.")
     re_prob: float = Field(0.5, ge=0.0, le=1.0, description="Random erasing probability.")

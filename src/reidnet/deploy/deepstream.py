@@ -8,16 +8,15 @@ DeepStream applies as `(pixel - offset) * net_scale_factor` on 0-255 pixels. Wit
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from reidnet._version import __version__
-from reidnet.contracts import INPUT_NAME, OUTPUT_NAME
+from reidnet.contracts import INPUT_NAME, OUTPUT_NAME, Architecture
+from reidnet.errors import ReidnetError
 
 logger = logging.getLogger(__name__)
 
@@ -103,15 +102,19 @@ class _DeploymentValues:
     normalisation: DeepStreamNormalisation
 
     @classmethod
-    def from_metadata(cls, onnx_file: Path, metadata: dict[str, Any]) -> _DeploymentValues:
+    def from_metadata(cls, onnx_file: Path, metadata: dict[str, str]) -> _DeploymentValues:
+        architecture = Architecture.from_onnx_metadata(metadata, onnx_file)
+        if architecture is None:
+            raise ReidnetError(
+                f"{onnx_file} has no reidnet metadata: deployment files are written for graphs "
+                "`reidnet export` made"
+            )
         return cls(
             onnx_file=onnx_file,
-            height=int(metadata["input_height"]),
-            width=int(metadata["input_width"]),
-            feat_dim=int(metadata["feat_dim"]),
-            normalisation=deepstream_normalisation(
-                json.loads(metadata["pixel_mean"]), json.loads(metadata["pixel_std"])
-            ),
+            height=architecture.input_height,
+            width=architecture.input_width,
+            feat_dim=architecture.feat_dim,
+            normalisation=deepstream_normalisation(architecture.pixel_mean, architecture.pixel_std),
         )
 
     @property

@@ -8,7 +8,6 @@ Triton configs written for it work unchanged. The file appears at its target pat
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from reidnet._version import __version__
-from reidnet.contracts import INPUT_NAME, METADATA_MARKER, OUTPUT_NAME, Architecture
+from reidnet.contracts import INPUT_NAME, OUTPUT_NAME, Architecture
 from reidnet.errors import ReidnetError
 from reidnet.runtime import checkpoint as ckpt
 from reidnet.utils.atomic import full_disk_reported, tensor_bytes
@@ -55,24 +54,7 @@ class OnnxExport:
 
 def export_metadata(checkpoint: dict[str, Any]) -> dict[str, str]:
     """What a consumer of the ONNX file needs to feed it and read its output, as strings."""
-    architecture = Architecture.from_checkpoint(checkpoint)
-    return {
-        METADATA_MARKER: __version__,
-        "backbone": architecture.backbone,
-        "network": architecture.network,
-        "input_height": str(architecture.input_height),
-        "input_width": str(architecture.input_width),
-        "color_order": "RGB",
-        "pixel_mean": json.dumps(list(architecture.pixel_mean)),
-        "pixel_std": json.dumps(list(architecture.pixel_std)),
-        "preprocessing": "resize to input_height x input_width (no aspect-ratio padding), "
-        "pixels / 255, then (x - pixel_mean) / pixel_std per channel",
-        "feat_dim": str(architecture.feat_dim),
-        "neck_feat": architecture.neck_feat,
-        "with_flip_feature": json.dumps(architecture.with_flip_feature),
-        "l2_normalized": "false",
-        "num_classes": str(checkpoint["num_classes"]),
-    }
+    return Architecture.from_checkpoint(checkpoint).onnx_metadata(checkpoint["num_classes"])
 
 
 def read_metadata(onnx_file: str | Path) -> dict[str, str]:

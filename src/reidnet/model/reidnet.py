@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from reidnet.contracts import Backbone, LastStride, Neck, NeckFeat, Network, PretrainChoice
+from reidnet.contracts import (
+    Architecture,
+    Backbone,
+    LastStride,
+    Neck,
+    NeckFeat,
+    Network,
+    PretrainChoice,
+)
 from reidnet.errors import ReidnetError
 from reidnet.model.backbone import build_backbone
 from reidnet.model.weights import load_state_dict_file, strip_wrapper_prefixes
@@ -101,6 +109,30 @@ class ReIdentificationNet(nn.Module):
 
         if pretrain_choice == "self":
             self._load_self_pretrained(pretrained_model_path)
+
+    @classmethod
+    def from_architecture(
+        cls,
+        architecture: Architecture,
+        num_classes: int,
+        *,
+        pretrain_choice: PretrainChoice = "none",
+        pretrained_model_path: str | os.PathLike[str] | None = None,
+    ) -> ReIdentificationNet:
+        """The network an architecture describes: the one way training, checkpoints and
+        conversion build it (weights from `pretrain_choice`, else freshly initialised)."""
+        return cls(
+            architecture.backbone,
+            num_classes=num_classes,
+            last_stride=architecture.last_stride,
+            feat_dim=architecture.feat_dim,
+            neck=architecture.neck,
+            neck_feat=architecture.neck_feat,
+            with_flip_feature=architecture.with_flip_feature,
+            pretrain_choice=pretrain_choice,
+            pretrained_model_path=pretrained_model_path,
+            network=architecture.network,
+        )
 
     def _init_head(self) -> None:
         if self.projection is not None:

@@ -110,17 +110,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], device: torch.device | Non
     from reidnet.model import ReIdentificationNet
 
     architecture = Architecture.from_checkpoint(checkpoint)
-    model = ReIdentificationNet(
-        architecture.backbone,
-        num_classes=checkpoint["num_classes"],
-        last_stride=architecture.last_stride,
-        feat_dim=architecture.feat_dim,
-        neck=architecture.neck,
-        neck_feat=architecture.neck_feat,
-        with_flip_feature=architecture.with_flip_feature,
-        pretrain_choice="none",
-        network=architecture.network,
-    )
+    model = ReIdentificationNet.from_architecture(architecture, checkpoint["num_classes"])
     result = model.load_state_dict(checkpoint["model"], strict=False)
     # Only BatchNorm step counters may be absent (older files, converted graphs); anything else
     # missing or left over means the weights are not this network's.

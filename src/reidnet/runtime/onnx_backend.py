@@ -8,14 +8,13 @@ Preprocessing comes from reidnet's metadata when the graph carries it, else from
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from reidnet.contracts import METADATA_MARKER, OUTPUT_NAME
+from reidnet.contracts import METADATA_MARKER, OUTPUT_NAME, Architecture
 from reidnet.errors import ReidnetError
 from reidnet.runtime.base import DEFAULT_PREPROCESSING, Preprocessing
 
@@ -116,8 +115,9 @@ class OnnxBackend:
 
     def _preprocessing(self, fallback: Preprocessing) -> Preprocessing:
         """reidnet metadata when present; else `fallback`, at the graph's fixed size if any."""
-        if self.has_reidnet_metadata:
-            return self._metadata_preprocessing()
+        recorded = Architecture.from_onnx_metadata(self.metadata, self.onnx_file)
+        if recorded is not None:
+            return Preprocessing.of(recorded, "reidnet metadata")
         height, width = self.fixed_size or (fallback.height, fallback.width)
         if self.fixed_size and self.fixed_size != (fallback.height, fallback.width):
             logger.info(
@@ -131,22 +131,6 @@ class OnnxBackend:
         return Preprocessing(
             height, width, tuple(fallback.pixel_mean), tuple(fallback.pixel_std), fallback.source
         )
-
-    def _metadata_preprocessing(self) -> Preprocessing:
-        try:
-            return Preprocessing(
-                int(self.metadata["input_height"]),
-                int(self.metadata["input_width"]),
-                tuple(float(v) for v in json.loads(self.metadata["pixel_mean"])),
-                tuple(float(v) for v in json.loads(self.metadata["pixel_std"])),
-                source="reidnet metadata",
-            )
-        except (KeyError, ValueError, TypeError) as error:
-            raise ReidnetError(
-                f"{self.onnx_file} carries reidnet metadata but its preprocessing entries are "
-                f"unreadable ({type(error).__name__}: {error}): export it again with "
-                "`reidnet export`"
-            ) from None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.run(images.numpy()))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from reidnet.config import ExperimentSpec
+from reidnet.contracts import Architecture
 from reidnet.data.market import ImageRecord, TrainSet, build_train_set, read_records
 from reidnet.data.validate import validate_dataset
 from reidnet.errors import ReidnetError
@@ -198,18 +199,11 @@ def build_model(
             num_classes,
             num_classes,
         )
-    model = spec.model
-    net = ReIdentificationNet(
-        model.backbone,
-        num_classes=num_classes,
-        last_stride=model.last_stride,
-        feat_dim=model.feat_dim,
-        neck=model.neck,
-        neck_feat=model.neck_feat,
-        with_flip_feature=model.with_flip_feature,
-        pretrain_choice=model.pretrain_choice,
-        pretrained_model_path=model.pretrained_model_path,
-        network=model.network,
+    net = ReIdentificationNet.from_architecture(
+        Architecture.from_spec(spec),
+        num_classes,
+        pretrain_choice=spec.model.pretrain_choice,
+        pretrained_model_path=spec.model.pretrained_model_path,
     ).to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
