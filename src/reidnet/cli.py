@@ -465,7 +465,7 @@ def dataset_validate(
     as_json: JsonFlag = False,
 ) -> None:
     """Decode every image and report problems; exit 1 when training or evaluation cannot run."""
-    from reidnet.data.validate import validate_dataset
+    from reidnet.datatools.validate import validate_dataset
 
     train_entries, test, query = _split_folders(roots, train, train_synthetic, test, query, spec)
     if not train_entries and test is None and query is None:

@@ -16,7 +16,7 @@ import torch
 
 from reidnet.config import ExperimentSpec
 from reidnet.data.market import ImageRecord, TrainSet, build_train_set, read_records
-from reidnet.data.validate import validate_dataset
+from reidnet.datatools.validate import validate_dataset
 from reidnet.engine.batches import seed_everything
 from reidnet.engine.distributed import DistributedContext
 from reidnet.engine.optim import EpochSchedule, build_optimizer
