@@ -25,7 +25,7 @@ from reidnet.config import deep_merge, load_spec
 from reidnet.contracts import Architecture
 from reidnet.convert import convert
 from reidnet.data.market import read_records
-from reidnet.data.synthetic import generate_synthetic_dataset
+from reidnet.datatools.synthetic import generate_synthetic_dataset
 from reidnet.engine import checkpoint as ckpt
 from reidnet.engine.retrieval import score_model
 from reidnet.errors import ReidnetError

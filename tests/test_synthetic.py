@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from reidnet.data.market import SYNTHETIC_MARKER
-from reidnet.data.synthetic import SubsetCounts, generate_synthetic_dataset
+from reidnet.datatools.synthetic import SubsetCounts, generate_synthetic_dataset
 from reidnet.errors import ReidnetError
 
 MARKET_NAME = re.compile(r"^(\d{4})_c(\d+)s1_(\d{6})_00\.jpg$")

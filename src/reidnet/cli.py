@@ -567,7 +567,7 @@ def dataset_synth(
 
     from rich.progress import Progress
 
-    from reidnet.data.synthetic import generate_synthetic_dataset
+    from reidnet.datatools.synthetic import generate_synthetic_dataset
 
     start = time.perf_counter()
     with Progress(
