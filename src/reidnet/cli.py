@@ -657,7 +657,7 @@ def dataset_from_mot(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from reidnet.data.market import dataset_stats
-    from reidnet.data.mot import (
+    from reidnet.datatools.mot import (
         ConvertOptions,
         FilterOptions,
         convert_mot,
