@@ -7,6 +7,12 @@ Bad entries of real footage (missing frames, boxes outside the frame, zero-size 
 or garbled lines, unreadable frames) are counted and skipped, never fatal.
 """
 
+from reidnet.datatools.mot.command import (
+    MotConversion,
+    conversion_from_command_line,
+    nothing_written,
+    written_stats,
+)
 from reidnet.datatools.mot.filters import (
     DROP_REASONS,
     PERSON_CLASSES,
@@ -47,15 +53,18 @@ __all__ = [
     "FilterOptions",
     "GroundTruth",
     "GtBox",
+    "MotConversion",
     "PlannedCrop",
     "Source",
     "assign_cameras",
+    "conversion_from_command_line",
     "convert_mot",
     "cut_crops",
     "expand_sources",
     "filter_boxes",
     "load_frame",
     "market_name",
+    "nothing_written",
     "ordered_map",
     "parse_gt_line",
     "plan_conversion",
@@ -65,4 +74,5 @@ __all__ = [
     "spread",
     "thin_track",
     "video_frames",
+    "written_stats",
 ]
