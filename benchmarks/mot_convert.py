@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from reidnet.data.mot import ConvertOptions, FilterOptions, convert_mot, expand_sources
-from reidnet.data.synthetic import render_image
+from reidnet.datatools.mot import ConvertOptions, FilterOptions, convert_mot, expand_sources
+from reidnet.datatools.synthetic import render_image
 
 WIDTH, HEIGHT = 1920, 1080
 

@@ -29,7 +29,7 @@ from ray_head import RayHead
 
 from live_server import TINY_TRAIN, LiveServer, create_user
 from reidnet.client import Client
-from reidnet.data.synthetic import generate_synthetic_dataset
+from reidnet.datatools.synthetic import generate_synthetic_dataset
 
 
 def first_job_line(log_file: Path) -> bool:

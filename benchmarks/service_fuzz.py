@@ -32,7 +32,7 @@ from live_server import (
 
 
 def prepare(server: LiveServer, root: Path) -> tuple[str, dict[str, str]]:
-    from reidnet.data.synthetic import generate_synthetic_dataset
+    from reidnet.datatools.synthetic import generate_synthetic_dataset
 
     generate_synthetic_dataset(
         root / "synthetic", identities=24, test_identities=8, cameras=3,

@@ -174,7 +174,7 @@ def run_phase(
 
 
 def prepare(server: LiveServer, root: Path):
-    from reidnet.data.synthetic import generate_synthetic_dataset
+    from reidnet.datatools.synthetic import generate_synthetic_dataset
 
     generate_synthetic_dataset(
         root / "synthetic", identities=24, test_identities=8, cameras=3,

@@ -40,8 +40,8 @@ from reidnet.config import load_spec
 from reidnet.data.dataset import ImageDataset
 from reidnet.data.market import build_train_set
 from reidnet.data.sampler import RandomIdentitySampler
-from reidnet.data.synthetic import generate_synthetic_dataset
 from reidnet.data.transforms import build_train_transform
+from reidnet.datatools.synthetic import generate_synthetic_dataset
 from reidnet.losses import ReidLoss
 from reidnet.model import ReIdentificationNet
 from reidnet.training.trainer import TrainingRun

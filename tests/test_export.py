@@ -21,8 +21,8 @@ from reidnet.actions import evaluate, export, inference
 from reidnet.cli import app
 from reidnet.config import load_spec
 from reidnet.contracts import Architecture, checkpoint_header
-from reidnet.data.synthetic import generate_synthetic_dataset
 from reidnet.data.transforms import build_eval_transform, read_image_rgb
+from reidnet.datatools.synthetic import generate_synthetic_dataset
 from reidnet.deploy import onnx as onnx_export
 from reidnet.deploy.deepstream import deepstream_normalisation
 from reidnet.deploy.onnx import read_metadata

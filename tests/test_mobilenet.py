@@ -25,7 +25,7 @@ from reidnet.config import deep_merge, load_spec
 from reidnet.contracts import Architecture, checkpoint_header
 from reidnet.convert import convert
 from reidnet.data.market import read_records
-from reidnet.data.synthetic import generate_synthetic_dataset
+from reidnet.datatools.synthetic import generate_synthetic_dataset
 from reidnet.errors import ReidnetError
 from reidnet.model import ReIdentificationNet, build_backbone
 from reidnet.model.backbone import load_trunk_weights, mobilenet_v2_current_keys

@@ -19,7 +19,7 @@ from reidnet.actions import evaluate, train
 from reidnet.cli import app
 from reidnet.config import deep_merge, load_spec
 from reidnet.data.market import parse_market_name
-from reidnet.data.mot import (
+from reidnet.datatools.mot import (
     ConvertOptions,
     FilterOptions,
     GtBox,

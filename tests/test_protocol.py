@@ -11,7 +11,7 @@ import torch
 
 from imagefiles import make_folder
 from reidnet.data.market import scan_folder
-from reidnet.data.validate import validate_dataset
+from reidnet.datatools.validate import validate_dataset
 from reidnet.evaluation.plots import sampled_matches_figure
 from reidnet.evaluation.rank import rank_metrics
 from reidnet.protocol import image_key, same_camera_ignored

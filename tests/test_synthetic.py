@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from reidnet.data.market import SYNTHETIC_MARKER
-from reidnet.data.synthetic import SubsetCounts, generate_synthetic_dataset
+from reidnet.datatools.synthetic import SubsetCounts, generate_synthetic_dataset
 from reidnet.errors import ReidnetError
 
 MARKET_NAME = re.compile(r"^(\d{4})_c(\d+)s1_(\d{6})_00\.jpg$")
@@ -215,6 +215,29 @@ def test_bad_argument_is_refused_by_name(tmp_path, argument, value):
     with pytest.raises(ReidnetError, match=f"{argument}="):
         generate_synthetic_dataset(tmp_path / "out", **arguments)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "allowed"),
+    [
+        ("identities", 1, "must be 2 or more"),
+        ("test_identities", 6, "must be between 1 and 5"),  # SMALL has 6 identities
+        ("cameras", 100, "must be between 2 and 99"),
+        ("size", (31, 16), "must be (height, width) of at least (32, 16)"),
+        ("first_pid", 9995, "must be between 1 and 9994"),  # 6 pids from 9995 pass 9999
+        ("workers", 1.5, "must be a whole number"),
+    ],
+)
+def test_a_refusal_states_the_allowed_range(tmp_path, argument, value, allowed):
+    with pytest.raises(ReidnetError) as refused:
+        generate_synthetic_dataset(tmp_path / "out", **{**SMALL, argument: value})
+    assert str(refused.value).startswith(f"{argument}={value!r}: {allowed}")
+
+
+def test_numpy_integers_are_whole_numbers(tmp_path):
+    arguments = {k: np.int64(v) if isinstance(v, int) else v for k, v in SMALL.items()}
+    summary = generate_synthetic_dataset(tmp_path, **arguments)
+    assert summary.train.identities == 3
 
 
 def test_non_empty_out_dir_is_refused(tmp_path):

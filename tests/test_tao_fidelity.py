@@ -244,7 +244,7 @@ def test_tao_checkpoint_exports_and_embedder_reads_it(tao_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    from reidnet.data.synthetic import generate_synthetic_dataset
+    from reidnet.datatools.synthetic import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synthetic") / "data"
     generate_synthetic_dataset(

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from imagefiles import make_folder, write_image
 from reidnet.cli import app
 from reidnet.config import TrainFolder
-from reidnet.data.validate import validate_dataset
+from reidnet.datatools.validate import validate_dataset
 
 runner = CliRunner()
 
@@ -129,7 +129,7 @@ def test_missing_folder_is_an_error(tmp_path):
 
 
 def test_a_file_that_is_no_image_is_named_without_internals(tmp_path):
-    from reidnet.data.validate import _inspect_image
+    from reidnet.datatools.validate import _inspect_image
 
     garbage = tmp_path / "0001_c1s1_000001_00.jpg"
     garbage.write_bytes(b"this is not an image at all" * 10)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from reidnet.config import ExperimentSpec, load_spec
 from reidnet.data.market import ImageRecord, read_records
-from reidnet.data.synthetic import generate_synthetic_dataset
+from reidnet.datatools.synthetic import generate_synthetic_dataset
 
 # 24 identities (16 to train on, 8 held out for query/gallery), 3 cameras, 8 images each.
 SYNTHETIC = {

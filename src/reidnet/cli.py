@@ -462,7 +462,7 @@ def dataset_validate(
     as_json: JsonFlag = False,
 ) -> None:
     """Decode every image and report problems; exit 1 when training or evaluation cannot run."""
-    from reidnet.data.validate import validate_dataset
+    from reidnet.datatools.validate import validate_dataset
 
     train_entries, test, query = _split_folders(roots, train, train_synthetic, test, query, spec)
     if not train_entries and test is None and query is None:
@@ -564,7 +564,7 @@ def dataset_synth(
 
     from rich.progress import Progress
 
-    from reidnet.data.synthetic import generate_synthetic_dataset
+    from reidnet.datatools.synthetic import generate_synthetic_dataset
 
     start = time.perf_counter()
     with Progress(
@@ -586,19 +586,9 @@ def dataset_synth(
     console.print(f"wrote {summary.images} images to {out} in {elapsed:.1f} s")
 
 
-def _parse_classes(text: str) -> tuple[int, ...] | None:
-    if text.strip().lower() == "all":
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ReidnetError(
-            f"--classes {text!r} must be comma-separated class numbers (e.g. 1,2,7) or 'all'"
-        ) from None
-
-
 @dataset_app.command("from-mot")
 def dataset_from_mot(
+    context: typer.Context,
     sources: Annotated[
         list[Path],
         typer.Argument(
@@ -653,32 +643,10 @@ def dataset_from_mot(
     """Market-1501 crops from tracking ground truth: an identity per track, a camera per input."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from reidnet.data.market import dataset_stats
-    from reidnet.data.mot import (
-        ConvertOptions,
-        FilterOptions,
-        convert_mot,
-        expand_sources,
-        read_camera_mapping,
-    )
+    from reidnet.datatools.mot import conversion_from_command_line, nothing_written, written_stats
 
-    if border not in ("clip", "drop"):
-        raise ReidnetError(f"--border {border!r} must be 'clip' or 'drop'")
-    if query_split not in ("auto", "camera", "time"):
-        raise ReidnetError(f"--query-split {query_split!r} must be 'auto', 'camera' or 'time'")
-    options = ConvertOptions(
-        filters=FilterOptions(_parse_classes(classes), min_visibility, min_height, border),
-        max_per_track=max_per_track or None,
-        every=every or None,
-        test_fraction=test_fraction,
-        seed=seed,
-        global_ids=global_ids,
-        query_split=query_split,
-        frame_base=frame_base,
-        workers=workers,
-    )
-    found = expand_sources(sources, labels or [])
-    mapping = read_camera_mapping(cameras) if cameras is not None else None
+    given = {k: v for k, v in context.params.items() if k not in ("out", "as_json")}
+    conversion = conversion_from_command_line(**given)
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
     with Progress(
         *columns,
@@ -688,25 +656,13 @@ def dataset_from_mot(
         disable=not error_console.is_terminal,
     ) as bar:
         task = bar.add_task("frames", total=None)
-        report = convert_mot(
-            found,
-            out,
-            options,
-            mapping,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        report = conversion.run(
+            out, lambda done, total: bar.update(task, completed=done, total=total)
         )
     if not any(report.images.values()):
         _print_conversion_report(report)
-        raise ReidnetError(
-            f"no crop written to {out}: every box was left out (see above); loosen "
-            "--min-height, --min-visibility or --classes, or check the label files"
-        )
-    splits = {
-        "train": [out / "bounding_box_train"] if report.images["train"] else [],
-        "test": out / "bounding_box_test" if report.images["gallery"] else None,
-        "query": out / "query" if report.images["query"] else None,
-    }
-    stats = dataset_stats(splits["train"], splits["test"], splits["query"])
+        raise nothing_written(out)
+    stats = written_stats(out, report)
     if as_json:
         print(json.dumps({"report": report.as_dict(), "stats": _stats_as_dict(stats)}, indent=2))
         return

@@ -1,7 +1,7 @@
 """Which gallery images a query ignores under the Market-1501 evaluation protocol.
 
 One rule for the metrics (evaluation/rank.py), the match plots (evaluation/plots.py) and the
-dataset check (data/validate.py), so the three cannot drift apart:
+dataset check (datatools/validate.py), so the three cannot drift apart:
 
 * with the same-camera filter on (the protocol's default), a gallery image of the query's
   identity taken by the query's camera is neither a hit nor a miss;

@@ -56,7 +56,7 @@ def run_quickstart(
     from reidnet.actions import evaluate, inference
     from reidnet.contracts import LATEST_CHECKPOINT, METRICS_FILE, Architecture
     from reidnet.data.market import read_records
-    from reidnet.data.synthetic import generate_synthetic_dataset
+    from reidnet.datatools.synthetic import generate_synthetic_dataset
     from reidnet.evaluation.plots import TRAINING_CURVES_FILE
     from reidnet.runtime.record import SPEC_NAME, log_name
     from reidnet.runtime.retrieval import score_model

@@ -117,7 +117,7 @@ def test_sampled_matches_legend_names_the_border_colours_and_tiles_name_their_ca
 
 def test_sampled_matches_png_is_a_fraction_of_the_full_colour_figure(tmp_path):
     from reidnet.data.market import read_records
-    from reidnet.data.synthetic import generate_synthetic_dataset
+    from reidnet.datatools.synthetic import generate_synthetic_dataset
 
     generate_synthetic_dataset(
         tmp_path / "synth", identities=4, test_identities=2, cameras=2, images_per_identity=8

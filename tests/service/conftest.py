@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from live_server import LiveServer, create_user, make_archive, upload, wait_for_dataset
-from reidnet.data.synthetic import generate_synthetic_dataset
+from reidnet.datatools.synthetic import generate_synthetic_dataset
 
 # Small caps so the safety tests stay small: 2 MiB uploads, 4 MiB unpacked, 400 entries.
 SERVER_OPTIONS = (

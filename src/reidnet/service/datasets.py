@@ -50,7 +50,7 @@ def locate_splits(root: Path) -> dict[str, str]:
 def analyse(root: Path, splits: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The validator's report (paths relative to the dataset) and the statistics."""
     from reidnet.data.market import dataset_stats
-    from reidnet.data.validate import validate_dataset
+    from reidnet.datatools.validate import validate_dataset
 
     folders = {split: root / relative for split, relative in splits.items()}
     train = [folders["train"]] if "train" in folders else []

@@ -17,7 +17,7 @@ import torch
 from reidnet.config import ExperimentSpec
 from reidnet.contracts import Architecture
 from reidnet.data.market import ImageRecord, TrainSet, build_train_set, read_records
-from reidnet.data.validate import validate_dataset
+from reidnet.datatools.validate import validate_dataset
 from reidnet.errors import ReidnetError
 from reidnet.losses import ReidLoss
 from reidnet.model import ReIdentificationNet

@@ -273,25 +273,20 @@ def _check_query_gallery(
         and q.pid in gallery_cameras
         and all(same_camera_ignored(q.pid, q.camid, q.pid, c) for c in gallery_cameras[q.pid])
     ]
-    if absent:
-        ids = sorted({q.pid for q in absent})
-        report.add(
-            "warning",
-            "query_identity_not_in_gallery",
-            f"{len(absent)} query image(s) of {len(ids)} identities ({_ids(ids)}) have no "
-            "gallery image of the same identity: the evaluation skips them",
-            [q.path for q in absent],
-        )
-    if same_camera_only:
-        ids = sorted({q.pid for q in same_camera_only})
-        report.add(
-            "warning",
-            "query_same_camera_only",
-            f"{len(same_camera_only)} query image(s) of identities {_ids(ids)} are matched in "
-            "the gallery only by their own camera; the Market-1501 protocol removes those "
-            "matches, so the evaluation skips these queries",
-            [q.path for q in same_camera_only],
-        )
+    _warn_skipped_queries(
+        report,
+        "query_identity_not_in_gallery",
+        absent,
+        "of {count} identities ({ids}) have no gallery image of the same identity: the "
+        "evaluation skips them",
+    )
+    _warn_skipped_queries(
+        report,
+        "query_same_camera_only",
+        same_camera_only,
+        "of identities {ids} are matched in the gallery only by their own camera; the "
+        "Market-1501 protocol removes those matches, so the evaluation skips these queries",
+    )
     if len(absent) + len(same_camera_only) == len(queries):
         hint = (
             " For single-camera data set evaluate.same_camera_filter=false."
@@ -304,6 +299,18 @@ def _check_query_gallery(
             "no query can be evaluated: every query identity is missing from the gallery or "
             "seen there only by the query's own camera." + hint,
         )
+
+
+def _warn_skipped_queries(
+    report: ValidationReport, code: str, skipped: list[ImageRecord], why: str
+) -> None:
+    """One warning for the queries the evaluation skips: how many, whose, and `why` (a template
+    of {count} and {ids}, the identities)."""
+    if not skipped:
+        return
+    ids = sorted({q.pid for q in skipped})
+    why = why.format(count=len(ids), ids=_ids(ids))
+    report.add("warning", code, f"{len(skipped)} query image(s) {why}", [q.path for q in skipped])
 
 
 def _ids(ids: list[int]) -> str:
