@@ -220,6 +220,7 @@ def cli_checkpoint(cli_spec, tmp_path_factory) -> Path:
     return checkpoint
 
 
+@pytest.mark.slow
 def test_train_writes_a_checkpoint_of_the_spec_with_the_override(cli_checkpoint):
     from reidnet.runtime import checkpoint as ckpt
 

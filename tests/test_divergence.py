@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import torch
 import yaml
 
@@ -16,6 +17,7 @@ from reidnet.runtime import checkpoint as ckpt
 from tiny_training import TINY, tiny_spec
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(synthetic, tmp_path):
     raw = json.loads(json.dumps(TINY))
     raw["dataset"].update(
@@ -51,6 +53,7 @@ def diverging(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "the loss is diverging" in r.getMessage()]
 
 
+@pytest.mark.slow
 def test_a_loss_grown_a_thousandfold_is_warned_about_once_and_a_healthy_loss_is_not(
     synthetic, tmp_path, caplog
 ):

@@ -221,6 +221,7 @@ def test_auto_pipeline_is_the_dataloader_on_the_cpu(synthetic, tmp_path):
     assert TrainingRun(tiny_spec(synthetic, tmp_path / "r")).pipeline == "dataloader"
 
 
+@pytest.mark.slow
 def test_gpu_pipeline_learns_and_resumes_mid_epoch_exactly(synthetic, tmp_path, monkeypatch):
     options = ("train.data_pipeline=gpu", "train.validation_interval=2")
     straight = train(tiny_spec(synthetic, tmp_path / "a", *options))
@@ -261,6 +262,7 @@ def compiler_raising(error: BaseException):
     return compile_
 
 
+@pytest.mark.slow
 def test_failed_compilation_falls_back_to_eager(synthetic, tmp_path, monkeypatch, caplog):
     from torch._inductor.exc import InductorError
 

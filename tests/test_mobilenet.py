@@ -79,6 +79,7 @@ def test_last_stride_one_keeps_a_16x8_map_at_256x128(last_stride, size):
     assert tuple(maps.shape) == (1, 1280, *size)
 
 
+@pytest.mark.slow
 def test_the_resnet_head_sits_on_the_mobilenet_trunk():
     torch.manual_seed(0)
     model = _with_statistics(ReIdentificationNet("mobilenet_v2", num_classes=7, feat_dim=64))
@@ -243,6 +244,7 @@ def test_real_imagenet_file_fills_the_trunk_and_beats_random_init_zero_shot(synt
 # --- training, resume, export, convert -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_resumes_exactly(synthetic, tmp_path):
     straight = train(tiny_spec(synthetic, tmp_path / "a"))
     train(tiny_spec(synthetic, tmp_path / "b", "train.num_epochs=1"))

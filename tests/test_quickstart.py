@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from reidnet.quickstart import run_quickstart
 from tiny_training import chance_map, query_and_gallery
 
@@ -18,6 +20,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_quickstart_makes_every_artifact_it_lists(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `--out qs`, relative, as a newcomer types it
     summary = run_quickstart(Path("qs"), TINY)

@@ -1,9 +1,10 @@
 """Training end to end on tiny synthetic data: learning, resume, growth, actions, bad input.
 
-One 8-epoch run (the module's `trained` fixture) is trained once: the learning test checks what
-it wrote, and the checkpoint, evaluate, inference and default-spec tests read its checkpoint and
-write into results folders of their own. Tests that need a run of another shape (resume, growth,
-pruning, center loss) train their own.
+One 8-epoch run (the module's `trained` fixture) is trained once: one test per output checks
+what it wrote (learning, checkpoints, best epoch, log, metrics, status, curves, TensorBoard, a
+re-run that trains nothing), and the checkpoint, evaluate, inference and default-spec tests read
+its checkpoint and write into results folders of their own. Tests that need a run of another
+shape (resume, growth, pruning, center loss) train their own.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class TrainedRun:
 def trained(synthetic, tmp_path_factory) -> TrainedRun:
     """8 epochs of TINY (checkpoints and validation every 4), scored before training too.
 
-    Tests only read its files; the learning test is the one that looks at the run's folder."""
+    Tests only read its files; the re-run of the finished run only appends to its train.log
+    (and rewrites the run record), which no other test depends on."""
     spec = tiny_spec(
         synthetic,
         tmp_path_factory.mktemp("trained") / "r",
@@ -91,36 +93,73 @@ def textbook_map(
     return sum(precisions_per_query) / len(precisions_per_query)
 
 
-def test_training_beats_the_untrained_model_and_writes_its_outputs(trained):
-    spec, untrained, result = trained.spec, trained.untrained, trained.result
-    trained_metrics = result.final_metrics
+def train_folder(run: TrainedRun) -> Path:
+    return Path(run.spec.results_dir) / "train"
+
+
+def metrics_lines(run: TrainedRun) -> list[dict[str, Any]]:
+    return [
+        json.loads(line) for line in (train_folder(run) / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_training_beats_the_untrained_model(trained):
+    untrained, trained_metrics = trained.untrained, trained.result.final_metrics
     assert trained_metrics["mAP"] > untrained["mAP"] + 0.1, (untrained, trained_metrics)
-    out = Path(spec.results_dir) / "train"
-    assert sorted(p.name for p in out.glob("*.pth")) == [
+
+
+def test_training_keeps_the_interval_checkpoints_and_latest_and_best(trained):
+    assert sorted(p.name for p in train_folder(trained).glob("*.pth")) == [
         "model_epoch_004.pth",
         "model_epoch_008.pth",
         "reid_model_best.pth",
         "reid_model_latest.pth",
     ]
-    validated = {h["epoch"]: h["validation"]["mAP"] for h in result.history if "validation" in h}
+
+
+def test_best_checkpoint_is_the_epoch_with_the_highest_validation_map(trained):
+    history = trained.result.history
+    validated = {h["epoch"]: h["validation"]["mAP"] for h in history if "validation" in h}
+    assert sorted(validated) == [4, 8]  # validation_interval 4 of 8 epochs
     best_epoch = max(validated, key=validated.get)
-    assert ckpt.load_checkpoint(out / "reid_model_best.pth")["epoch"] == best_epoch
-    log = (out / "train.log").read_text().splitlines()
+    best = ckpt.load_checkpoint(train_folder(trained) / "reid_model_best.pth")
+    assert best["epoch"] == best_epoch
+
+
+def test_train_log_has_one_unwrapped_line_per_record_with_the_epochs_map(trained):
+    log = (train_folder(trained) / "train.log").read_text().splitlines()
     epoch_lines = [line for line in log if "reidnet.training.trainer: epoch 8/8 " in line]
     assert any("mAP=" in line for line in epoch_lines)  # one record per line, never wrapped
-    again = train(spec)  # a finished run is not trained again
+
+
+def test_a_finished_run_is_not_trained_again(trained):
+    again = train(trained.spec)
     assert again.already_complete and again.epochs_completed == 8
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_metrics_jsonl_has_one_line_per_epoch_with_losses_and_validation_at_its_interval(trained):
+    lines = metrics_lines(trained)
     assert [line["epoch"] for line in lines] == list(range(1, 9))
     assert {"loss_id", "loss_triplet", "loss_total", "lr", "train_accuracy"} <= set(lines[0])
     assert "validation" in lines[3] and "validation" not in lines[2]
+
+
+def test_status_json_says_done_with_the_last_epochs_metrics_and_checkpoint(trained):
+    out, last = train_folder(trained), metrics_lines(trained)[-1]
     status = TrainingStatus.read(out / "status.json")  # the service's reading of it
     assert (status.state, status.epoch, status.num_epochs, status.eta_seconds) == ("done", 8, 8, 0)
-    assert status.losses == {k[5:]: v for k, v in lines[-1].items() if k.startswith("loss_")}
-    assert status.lr == lines[-1]["lr"] and status.validation == lines[-1]["validation"]
+    assert status.losses == {k[5:]: v for k, v in last.items() if k.startswith("loss_")}
+    assert status.lr == last["lr"] and status.validation == last["validation"]
     assert status.checkpoint == str(out / "model_epoch_008.pth")
-    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any((out / "tensorboard").iterdir())
+
+
+def test_training_draws_its_curves_as_a_png(trained):
+    curves = train_folder(trained) / "training_curves.png"
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_writes_tensorboard_events(trained):
+    assert any((train_folder(trained) / "tensorboard").iterdir())
 
 
 def test_checkpoint_carries_what_evaluate_needs(trained):
